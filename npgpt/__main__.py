@@ -1,0 +1,3 @@
+from npgpt.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,143 @@
+"""The NumPy reference kernels: the readable definition of every hot operation.
+
+Every other backend (kernels/cpu.py, kernels/cuda.py) exposes these functions with these
+signatures and is tested equal to them. Nothing here is clever: each line is the formula.
+
+Shapes: q (B, H, Tq, D); k, v (B, H, Tk, D); key_pad (B, Tk) bool, True where a key is padding.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["matmul", "attention_forward", "attention_backward", "attention_mask", "erf"]
+
+
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b for (..., M, K) @ (K, N) or batched (..., M, K) @ (..., K, N)."""
+    if a.ndim < 2 or b.ndim < 2:
+        raise ValueError(f"matmul: a has shape {a.shape} and b {b.shape}: expected at least 2-D arrays")
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"matmul: a has shape {a.shape} and b {b.shape}: "
+                         f"expected a.shape[-1] == b.shape[-2]")
+    if a.dtype != b.dtype:
+        raise TypeError(f"matmul: a has dtype {a.dtype} and b {b.dtype}: expected the same dtype")
+    return np.matmul(a, b)
+
+
+_erf_object = np.frompyfunc(math.erf, 1, 1)
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """The error function elementwise, exact to the last bit of libm's erf (slow: one Python call
+    per element; the Numba backend vectorises it)."""
+    return _erf_object(x).astype(x.dtype)
+
+
+def attention_mask(Tq: int, Tk: int, causal: bool, key_pad: np.ndarray | None):
+    """The boolean mask of the scores, True where a query may NOT look, or None for no mask.
+
+    causal: query i sees keys j <= i + (Tk - Tq): with Tq < Tk (decoding with a KV cache) the last
+    query lines up with the last key. key_pad (B, Tk): True keys are hidden from every query.
+    Returns an array that broadcasts against (B, H, Tq, Tk).
+    """
+    mask = None
+    if causal:
+        mask = np.triu(np.ones((Tq, Tk), dtype=bool), k=Tk - Tq + 1)    # (Tq, Tk)
+    if key_pad is not None:
+        pad = key_pad[:, None, None, :]                                  # (B, 1, 1, Tk)
+        mask = pad if mask is None else (mask | pad)
+    return mask
+
+
+def check_attention_args(q, k, v, key_pad=None, causal=False) -> None:
+    """Raise a clear error before any work if the attention inputs do not fit together."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, np.ndarray) or t.ndim != 4:
+            raise ValueError(f"attention: {name} has shape {getattr(t, 'shape', type(t))}: "
+                             f"expected a 4-D array (B, H, T, D)")
+        if t.dtype not in (np.float32, np.float64):
+            raise TypeError(f"attention: {name} has dtype {t.dtype}: expected float32 or float64")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"attention: q, k, v have dtypes {q.dtype}, {k.dtype}, {v.dtype}: expected one dtype")
+    B, H, Tq, D = q.shape
+    if k.shape[:2] != (B, H) or k.shape[3] != D:
+        raise ValueError(f"attention: k has shape {k.shape}: expected (B, H, Tk, D) = ({B}, {H}, Tk, {D})")
+    if v.shape != k.shape:
+        raise ValueError(f"attention: v has shape {v.shape}: expected the shape of k, {k.shape}")
+    Tk = k.shape[2]
+    if causal and Tq > Tk:
+        raise ValueError(f"attention: causal with {Tq} queries and {Tk} keys: expected Tq <= Tk")
+    if key_pad is not None:
+        if not isinstance(key_pad, np.ndarray) or key_pad.dtype != np.bool_ or key_pad.shape != (B, Tk):
+            raise ValueError(f"attention: key_pad has shape {getattr(key_pad, 'shape', None)} and dtype "
+                             f"{getattr(key_pad, 'dtype', None)}: expected a bool array of shape ({B}, {Tk})")
+
+
+class AttentionCache(NamedTuple):
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    att: np.ndarray               # (B, H, Tq, Tk) softmax probabilities, before dropout
+    keep: np.ndarray | None       # (B, H, Tq, Tk) dropout mask already scaled by 1/(1-p), or None
+    scale: float                  # 1 / sqrt(D)
+
+
+def attention_forward(q, k, v, causal=True, key_pad=None, dropout_p=0.0, rng=None):
+    """Scaled dot-product attention, the definition.
+
+        s   = q @ k^T / sqrt(D) + mask     (B, H, Tq, Tk); mask is -inf where hidden
+        att = softmax(s) over keys         a row whose every key is hidden gets att = 0
+        out = dropout(att) @ v             (B, H, Tq, D)
+
+    dropout_p > 0 drops attention probabilities (as GPT-2 and torch.nn.MultiheadAttention do),
+    with the mask drawn from `rng`. cache: AttentionCache (it holds the (Tq, Tk) probabilities:
+    the fused backends keep only a row log-sum-exp instead).
+    """
+    check_attention_args(q, k, v, key_pad, causal)
+    B, H, Tq, D = q.shape
+    Tk = k.shape[2]
+    scale = 1.0 / math.sqrt(D)
+    s = (q @ k.transpose(0, 1, 3, 2)) * q.dtype.type(scale)         # (B, H, Tq, Tk)
+    mask = attention_mask(Tq, Tk, causal, key_pad)
+    if mask is not None:
+        s = np.where(mask, -np.inf, s)
+    m = s.max(axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)                                # all-hidden row: no shift
+    e = np.exp(s - m)
+    z = e.sum(axis=-1, keepdims=True)
+    att = e / np.where(z > 0, z, 1)                                   # all-hidden row: zeros
+    keep = None
+    if dropout_p > 0:
+        if rng is None:
+            raise ValueError("attention: dropout_p > 0 needs rng, a np.random.Generator")
+        keep = (rng.random(att.shape) >= dropout_p).astype(q.dtype) / q.dtype.type(1 - dropout_p)
+        out = (att * keep) @ v
+    else:
+        out = att @ v
+    return out, AttentionCache(q, k, v, att, keep, scale)
+
+
+def attention_backward(dout, cache: AttentionCache):
+    """Gradients of attention_forward: (dq, dk, dv).
+
+        forward: out = a @ v,  a = att * keep          ->  dv = a^T @ dout,  da = dout @ v^T
+        forward: a = att * keep                        ->  datt = da * keep
+        forward: att = softmax(s)                      ->  ds = att * (datt - sum_k(datt * att))
+        forward: s = q @ k^T * scale                   ->  dq = ds @ k * scale,  dk = ds^T @ q * scale
+    Masked scores have att = 0, so they pass no gradient.
+    """
+    q, k, v, att, keep, scale = cache
+    a = att if keep is None else att * keep
+    dv = a.transpose(0, 1, 3, 2) @ dout                              # (B, H, Tk, D)
+    datt = dout @ v.transpose(0, 1, 3, 2)                            # (B, H, Tq, Tk)
+    if keep is not None:
+        datt = datt * keep
+    ds = att * (datt - (datt * att).sum(axis=-1, keepdims=True))
+    ds *= q.dtype.type(scale)
+    dq = ds @ k                                                      # (B, H, Tq, D)
+    dk = ds.transpose(0, 1, 3, 2) @ q                                # (B, H, Tk, D)
+    return dq, dk, dv
