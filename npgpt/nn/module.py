@@ -40,17 +40,20 @@ class Parameter:
     grad: same shape and dtype as data, zeros at creation; backward passes add into it.
     requires_grad: False freezes the parameter: optimizers skip it and layers may skip the
         work that only produces its gradient.
+    decay: whether weight decay applies. Default: matrices yes, vectors (biases, LayerNorm
+        gains) no; Embedding sets it False for its table.
     """
 
-    __slots__ = ("data", "grad", "requires_grad")
+    __slots__ = ("data", "grad", "requires_grad", "decay")
 
-    def __init__(self, data: np.ndarray, requires_grad: bool = True):
+    def __init__(self, data: np.ndarray, requires_grad: bool = True, decay: bool | None = None):
         data = np.asarray(data)
         if data.dtype.name not in DTYPES:
             raise TypeError(f"Parameter data has dtype {data.dtype}: expected one of {DTYPES}")
         self.data = np.ascontiguousarray(data)
         self.grad = np.zeros_like(self.data)
         self.requires_grad = requires_grad
+        self.decay = self.data.ndim >= 2 if decay is None else decay
 
     @property
     def shape(self) -> tuple:
