@@ -1,0 +1,149 @@
+"""Multi-head attention: causal self-attention (GPT), self-attention (encoder), cross-attention.
+
+The core, softmax(q k^T / sqrt(D) + mask) v and its backward, is a kernel
+(`npgpt.kernels.get("attention_forward")`; its readable definition is
+kernels/reference.py). This file adds what makes it multi-head: the projections, and the
+reshapes that split the width C into H heads of size D = C / H and merge them back.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import kernels
+from .linear import Linear
+from .module import Module, as_dtype
+from .validate import check_array
+
+
+def split_heads(x, n_head: int):
+    """(B, T, C) -> (B, H, T, D), contiguous (the kernels want per-head rows in memory)."""
+    B, T, C = x.shape
+    return np.ascontiguousarray(x.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3))
+
+
+def merge_heads(x):
+    """(B, H, T, D) -> (B, T, C): the inverse of split_heads (and its own backward's inverse)."""
+    B, H, T, D = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)
+
+
+class KVCache:
+    """The keys and values of the positions seen so far, for one attention layer at inference.
+
+    With it, generating token t costs one query against t cached keys instead of recomputing
+    all t positions. `reorder(index)` follows the surviving hypotheses of a beam search.
+    """
+
+    def __init__(self):
+        self.k = self.v = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def append(self, k, v):
+        """Add (B, H, T_new, D) keys and values; return all of them so far."""
+        if self.k is None:
+            self.k, self.v = k, v
+        else:
+            self.k = np.concatenate([self.k, k], axis=2)
+            self.v = np.concatenate([self.v, v], axis=2)
+        return self.k, self.v
+
+    def reorder(self, index) -> None:
+        if self.k is not None:
+            self.k, self.v = self.k[index], self.v[index]
+
+
+class MultiHeadAttention(Module):
+    """Multi-head attention with H heads over a width C.
+
+    Self-attention (cross=False): one projection c_attn: (C, 3C) gives q, k, v from x, as GPT-2
+    lays it out. Cross-attention (cross=True): q_proj: (C, C) from x, kv_proj: (C, 2C) from the
+    encoder's output `memory`. Then the attention kernel per head, merge the heads, c_proj: (C, C).
+
+        q, k, v = x Wq, x Wk, x Wv         (or k, v from memory)
+        head_h  = softmax(q_h k_h^T / sqrt(D) + mask) v_h
+        y       = concat(head_1 .. head_H) Wo + bo
+
+    dropout is applied to the attention probabilities (drawn from `rng`) in training mode;
+    causal=True hides later positions; key_pad (B, Tk) hides padded keys.
+    """
+
+    def __init__(self, n_embd: int, n_head: int, *, causal: bool = True, cross: bool = False,
+                 bias: bool = True, dropout: float = 0.0, dtype="float32",
+                 rng: np.random.Generator | None = None, std: float = 0.02,
+                 proj_std: float | None = None, dropout_rng: np.random.Generator | None = None):
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"MultiHeadAttention: n_embd={n_embd} is not divisible by n_head={n_head}: "
+                             f"expected n_embd % n_head == 0")
+        rng = rng if rng is not None else np.random.default_rng(0)
+        kw = dict(bias=bias, dtype=dtype, rng=rng, std=std)
+        self.n_embd, self.n_head, self.causal, self.cross = n_embd, n_head, causal, cross
+        self.dropout = dropout
+        self.dtype = as_dtype(dtype)
+        if cross:
+            self.q_proj = Linear(n_embd, n_embd, **kw)
+            self.kv_proj = Linear(n_embd, 2 * n_embd, **kw)
+        else:
+            self.c_attn = Linear(n_embd, 3 * n_embd, **kw)
+        self.c_proj = Linear(n_embd, n_embd, **{**kw, "std": std if proj_std is None else proj_std})
+        self.rng = dropout_rng if dropout_rng is not None else np.random.default_rng(0)
+        self._cache = None
+
+    def forward(self, x, memory=None, key_pad=None, kv_cache: KVCache | None = None):
+        """x: (B, T, C); memory: (B, S, C) for cross-attention; key_pad: (B, Tk) bool.
+
+        With kv_cache (inference only; nothing is kept for a backward), the new keys and values
+        are appended to it and the queries of x attend to every cached position.
+        """
+        check_array("x", x, dtype=self.dtype, ndim=3, last_dim=self.n_embd)
+        H = self.n_head
+        if self.cross:
+            if memory is None:
+                raise ValueError("cross-attention needs memory, the encoder output (B, S, C)")
+            check_array("memory", memory, dtype=self.dtype, ndim=3, last_dim=self.n_embd)
+            if memory.shape[0] != x.shape[0]:
+                raise ValueError(f"memory has batch size {memory.shape[0]}: expected {x.shape[0]}, as x")
+            q = self.q_proj.forward(x)                               # (B, T, C)
+            k, v = np.split(self.kv_proj.forward(memory), 2, axis=-1)
+        else:
+            q, k, v = np.split(self.c_attn.forward(x), 3, axis=-1)   # (B, T, 3C) -> 3 x (B, T, C)
+        q, k, v = split_heads(q, H), split_heads(k, H), split_heads(v, H)   # (B, H, T, D)
+        if kv_cache is not None:
+            k, v = kv_cache.append(k, v)
+        p = self.dropout if self.training and kv_cache is None else 0.0
+        out, attn_cache = kernels.get("attention_forward")(
+            q, k, v, causal=self.causal, key_pad=key_pad, dropout_p=p, rng=self.rng)
+        y = self.c_proj.forward(merge_heads(out))                    # (B, H, T, D) -> (B, T, C)
+        self._cache = None if kv_cache is not None else attn_cache
+        return y
+
+    def backward(self, dout, need_dx=True):
+        """Returns dx for self-attention, (dx, dmemory) for cross-attention."""
+        if self._cache is None:
+            raise RuntimeError("MultiHeadAttention.backward: no forward to differentiate "
+                               "(forward with a kv_cache keeps nothing)")
+        dout_heads = split_heads(self.c_proj.backward(dout), self.n_head)    # (B, H, T, D)
+        dq, dk, dv = kernels.get("attention_backward")(dout_heads, self._cache)
+        dq, dk, dv = merge_heads(dq), merge_heads(dk), merge_heads(dv)      # 3 x (B, T, C)
+        if self.cross:
+            dx = self.q_proj.backward(dq, need_dx=need_dx)
+            dmemory = self.kv_proj.backward(np.concatenate([dk, dv], axis=-1))
+            return dx, dmemory
+        # forward: q, k, v = split(x @ W_attn + b)  ->  the three gradients side by side
+        return self.c_attn.backward(np.concatenate([dq, dk, dv], axis=-1), need_dx=need_dx)
+
+    def extra_repr(self):
+        kind = "cross" if self.cross else ("causal" if self.causal else "bidirectional")
+        return f"{self.n_embd}, n_head={self.n_head}, {kind}"
+
+
+def scaled_init_std(n_layer: int, std: float = 0.02) -> float:
+    """GPT-2's init for projections into the residual stream: std / sqrt(2 * n_layer), since each
+    of the 2 n_layer residual branches adds its variance to the stream."""
+    return std / math.sqrt(2 * n_layer)

@@ -1,0 +1,93 @@
+"""Layer normalisation (Ba et al., 2016), as torch.nn.LayerNorm computes it."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import kernels
+from .module import Module, Parameter, as_dtype
+from .validate import check_array
+
+
+class LayerNormCache(NamedTuple):
+    x: np.ndarray
+    w: np.ndarray
+    mu: np.ndarray      # (..., 1) mean of each row
+    rstd: np.ndarray    # (..., 1) 1 / sqrt(var + eps)
+    has_bias: bool
+
+
+def layernorm_forward(x, w, b=None, eps=1e-5):
+    """Normalise each C-vector of x, then scale and shift.
+
+        y = w * (x - mu) * rstd + b,   mu = mean_C(x),   rstd = 1 / sqrt(var_C(x) + eps)
+
+    The variance is the biased one (divide by C) and eps sits inside the square root: the same
+    function as torch.nn.LayerNorm. x: (..., C)   w, b: (C,) (b may be None)   ->   y: (..., C)
+    cache: LayerNormCache(x, w, mu, rstd, has_bias); xhat is recomputed in the backward.
+    """
+    fused = kernels.fused("layernorm_forward")
+    if fused is not None:
+        return fused(x, w, b, eps)
+    mu = x.mean(axis=-1, keepdims=True)
+    xc = x - mu
+    var = np.mean(xc * xc, axis=-1, keepdims=True)
+    rstd = 1.0 / np.sqrt(var + x.dtype.type(eps))
+    y = xc * rstd * w
+    if b is not None:
+        y += b
+    return y, LayerNormCache(x, w, mu, rstd, b is not None)
+
+
+def layernorm_backward(dout, cache: LayerNormCache):
+    """Gradients of layernorm_forward: (dx, dw, db); db is None without a bias.
+
+        forward: y = w * xhat + b       ->  dw = sum_rows(dy * xhat),  db = sum_rows(dy)
+        forward: xhat = (x - mu) * rstd ->  with g = dy * w (the gradient of xhat):
+            dx = rstd * (g - mean_C(g) - xhat * mean_C(g * xhat))
+    The two means are the gradient flowing through mu and through rstd (both depend on every
+    element of the row); they are why a random dout is needed to check this layer.
+    """
+    fused = kernels.fused("layernorm_backward")
+    if fused is not None:
+        return fused(dout, cache)
+    x, w, mu, rstd, has_bias = cache
+    xhat = (x - mu) * rstd
+    g = dout * w
+    dx = rstd * (g - g.mean(axis=-1, keepdims=True)
+                 - xhat * np.mean(g * xhat, axis=-1, keepdims=True))
+    C = x.shape[-1]
+    dw = np.sum((dout * xhat).reshape(-1, C), axis=0)
+    db = np.sum(dout.reshape(-1, C), axis=0) if has_bias else None
+    return dx, dw, db
+
+
+class LayerNorm(Module):
+    """LayerNorm over the last axis of width `n`: weight ones, bias zeros (or no bias)."""
+
+    def __init__(self, n: int, eps: float = 1e-5, bias: bool = True, *, dtype="float32"):
+        super().__init__()
+        dt = as_dtype(dtype)
+        self.n, self.eps = n, eps
+        self.weight = Parameter(np.ones(n, dtype=dt))
+        self.bias = Parameter(np.zeros(n, dtype=dt)) if bias else None
+        self._cache = None
+
+    def forward(self, x):
+        check_array("x", x, dtype=self.weight.dtype, last_dim=self.n)
+        b = self.bias.data if self.bias is not None else None
+        y, self._cache = layernorm_forward(x, self.weight.data, b, self.eps)
+        return y
+
+    def backward(self, dout):
+        dx, dw, db = layernorm_backward(dout, self._cache)
+        if self.weight.requires_grad:
+            self.weight.grad += dw
+        if db is not None and self.bias.requires_grad:
+            self.bias.grad += db
+        return dx
+
+    def extra_repr(self):
+        return f"{self.n}, eps={self.eps}, bias={self.bias is not None}"
