@@ -155,3 +155,129 @@ def check_module(module: Module, inputs: Sequence, seed: int = 0, samples: int |
         index = sample_index(p.shape, samples, rng)
         errors[name] = _compare(p.grad, numerical_gradient(f, p.data, dout, h=h, index=index), index)
     return errors
+
+
+# -- every layer, tiny, in float64: what `npgpt gradcheck` runs ------------------------------
+
+class _Reseeded(Module):
+    """Runs a dropout-bearing module with its Generators reset before every forward, so the
+    same mask is drawn each time and the function is deterministic enough to differentiate."""
+
+    def __init__(self, module: Module, seed: int = 1):
+        super().__init__()
+        self.inner, self.seed = module, seed
+
+    def forward(self, *args, **kwargs):
+        for i, m in enumerate(self.inner.modules()):
+            if hasattr(m, "rng") and isinstance(m.rng, np.random.Generator):
+                m.rng = np.random.default_rng([self.seed, i])
+        return self.inner.forward(*args, **kwargs)
+
+    def backward(self, dout):
+        return self.inner.backward(dout)
+
+
+def layer_cases(dtype="float64", seed: int = 0) -> dict:
+    """{case name: (module, inputs)} for every layer of npgpt.nn, small enough to check every
+    coordinate. Inputs are drawn away from ReLU's kink at 0, and attention weights a little
+    larger than the model's init so the softmax is not uniform (which would hide errors)."""
+    from . import nn
+
+    rng = np.random.default_rng(seed)
+    dt = np.dtype(dtype)
+
+    def x(*shape):
+        return rng.standard_normal(shape).astype(dt)
+
+    def away_from_zero(*shape):
+        v = rng.standard_normal(shape)
+        return (np.sign(v) * (0.1 + np.abs(v))).astype(dt)
+
+    pad = np.zeros((2, 5), dtype=bool)
+    pad[1, 3:] = True                    # the second sequence has 3 real positions of 5
+    src_pad = np.zeros((2, 4), dtype=bool)
+    src_pad[0, 2:] = True
+    ids = rng.integers(0, 11, size=(2, 5))
+    targets = rng.integers(0, 7, size=(2, 5))
+    targets[0, 1] = -100                 # an ignored position
+    kw = dict(dtype=dtype, rng=rng)
+    C, H = 8, 2
+
+    return {
+        "Linear": (nn.Linear(7, 5, **kw, std=0.5), [x(2, 3, 7)]),
+        "Linear (no bias)": (nn.Linear(7, 5, bias=False, **kw, std=0.5), [x(2, 3, 7)]),
+        "Embedding": (nn.Embedding(11, 6, **kw, std=1.0), [ids]),
+        "LearnedPositionalEmbedding": (nn.LearnedPositionalEmbedding(9, 6, **kw), [5]),
+        "LayerNorm": (_with_random_params(nn.LayerNorm(7, dtype=dtype), rng), [x(2, 3, 7)]),
+        "GELU (erf)": (nn.GELU(), [x(2, 3, 7)]),
+        "GELU (tanh)": (nn.GELU("tanh"), [x(2, 3, 7)]),
+        "ReLU": (nn.ReLU(), [away_from_zero(2, 3, 7)]),
+        "Softmax": (nn.Softmax(), [x(2, 3, 7)]),
+        "Dropout": (_Reseeded(nn.Dropout(0.3)), [x(2, 3, 7)]),
+        "Attention (causal)": (nn.MultiHeadAttention(C, H, causal=True, **kw, std=0.5), [x(2, 5, C)]),
+        "Attention (padded)": (_Keyword(nn.MultiHeadAttention(C, H, causal=False, **kw, std=0.5),
+                                        key_pad=pad), [x(2, 5, C)]),
+        "Attention (dropout)": (_Reseeded(nn.MultiHeadAttention(C, H, dropout=0.2, **kw, std=0.5)),
+                                [x(2, 5, C)]),
+        "Cross-attention": (_Keyword(nn.MultiHeadAttention(C, H, cross=True, **kw, std=0.5),
+                                     key_pad=src_pad), [x(2, 5, C), x(2, 4, C)]),
+        "MLP": (nn.MLP(C, 4 * C, "gelu_tanh", **kw, std=0.3), [x(2, 5, C)]),
+        "Block (GPT, pre-LN)": (nn.Block(C, H, **kw), [x(2, 5, C)]),
+        "EncoderLayer (post-LN)": (_Keyword(nn.EncoderLayer(C, H, 16, **kw, std=0.3), src_pad=pad),
+                                   [x(2, 5, C)]),
+        "EncoderLayer (pre-LN)": (_Keyword(nn.EncoderLayer(C, H, 16, norm_first=True, **kw, std=0.3),
+                                           src_pad=pad), [x(2, 5, C)]),
+        "DecoderLayer (post-LN)": (_Keyword(nn.DecoderLayer(C, H, 16, **kw, std=0.3), tgt_pad=pad,
+                                            src_pad=src_pad), [x(2, 5, C), x(2, 4, C)]),
+        "DecoderLayer (pre-LN)": (_Keyword(nn.DecoderLayer(C, H, 16, norm_first=True, **kw, std=0.3),
+                                           tgt_pad=pad, src_pad=src_pad), [x(2, 5, C), x(2, 4, C)]),
+        "CrossEntropy": (_Keyword(nn.CrossEntropyLoss(), targets=targets), [x(2, 5, 7)]),
+        "CrossEntropy (smoothed)": (_Keyword(nn.CrossEntropyLoss(label_smoothing=0.1), targets=targets),
+                                    [x(2, 5, 7)]),
+    }
+
+
+class _Keyword(Module):
+    """A module with some forward arguments fixed (masks, targets): gradcheck varies the rest."""
+
+    def __init__(self, module: Module, **fixed):
+        super().__init__()
+        self.inner, self.fixed = module, fixed
+
+    def forward(self, *args):
+        return self.inner.forward(*args, **self.fixed)
+
+    def backward(self, dout):
+        return self.inner.backward(dout)
+
+
+def _with_random_params(module: Module, rng: np.random.Generator) -> Module:
+    """Replace ones/zeros initialisations by random values (ones hide a missing `* w`)."""
+    for p in module.parameters():
+        p.data[...] = rng.standard_normal(p.shape)
+    return module
+
+
+def check_all(seed: int = 0) -> list[dict]:
+    """Check every layer of layer_cases() in float64: one row per checked tensor with
+    layer, tensor, shape, error, tolerance and passed."""
+    rows = []
+    for layer, (module, inputs) in layer_cases("float64", seed).items():
+        errors = check_module(module, inputs, seed=seed)
+        shapes = {f"input{i}": np.shape(a) for i, a in enumerate(inputs)}
+        shapes.update({name: p.shape for name, p in module.named_parameters()})
+        for tensor, err in errors.items():
+            tol = TOLERANCES["kinked" if "ReLU" in layer else "smooth"]
+            rows.append(dict(layer=layer, tensor=tensor.replace("inner.", ""), shape=shapes[tensor],
+                             error=err, tolerance=tol, passed=err <= tol))
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """The rows of check_all as an aligned text table."""
+    header = ("layer", "tensor", "shape", "rel. error", "result")
+    body = [(r["layer"], r["tensor"], "x".join(map(str, r["shape"])) or "scalar",
+             f"{r['error']:.2e}", "pass" if r["passed"] else "FAIL") for r in rows]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(b) for b in body])

@@ -9,7 +9,7 @@ from .dropout import Dropout, dropout_backward, dropout_forward
 from .embedding import (Embedding, LearnedPositionalEmbedding, SinusoidalPositionalEncoding,
                         embedding_backward, embedding_forward, sinusoidal_encoding)
 from .linear import Linear, linear_backward, linear_forward
-from .loss import cross_entropy_backward, cross_entropy_forward
+from .loss import CrossEntropyLoss, cross_entropy_backward, cross_entropy_forward
 from .mlp import MLP
 from .module import Module, ModuleList, Parameter, flatten_parameters
 from .norm import LayerNorm, layernorm_backward, layernorm_forward

@@ -70,10 +70,11 @@ class MultiHeadAttention(Module):
         y       = concat(head_1 .. head_H) Wo + bo
 
     dropout is applied to the attention probabilities (drawn from `rng`) in training mode;
-    causal=True hides later positions; key_pad (B, Tk) hides padded keys.
+    causal (default: True for self-attention, False for cross) hides later positions;
+    key_pad (B, Tk) hides padded keys.
     """
 
-    def __init__(self, n_embd: int, n_head: int, *, causal: bool = True, cross: bool = False,
+    def __init__(self, n_embd: int, n_head: int, *, causal: bool | None = None, cross: bool = False,
                  bias: bool = True, dropout: float = 0.0, dtype="float32",
                  rng: np.random.Generator | None = None, std: float = 0.02,
                  proj_std: float | None = None, dropout_rng: np.random.Generator | None = None):
@@ -81,6 +82,11 @@ class MultiHeadAttention(Module):
         if n_embd % n_head:
             raise ValueError(f"MultiHeadAttention: n_embd={n_embd} is not divisible by n_head={n_head}: "
                              f"expected n_embd % n_head == 0")
+        if causal is None:
+            causal = not cross
+        elif causal and cross:
+            raise ValueError("MultiHeadAttention: causal=True with cross=True: expected causal=False "
+                             "(the decoder may see every encoder position)")
         rng = rng if rng is not None else np.random.default_rng(0)
         kw = dict(bias=bias, dtype=dtype, rng=rng, std=std)
         self.n_embd, self.n_head, self.causal, self.cross = n_embd, n_head, causal, cross

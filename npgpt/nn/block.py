@@ -125,7 +125,7 @@ class DecoderLayer(Module):
         self.norm_first = norm_first
         self.self_attn = MultiHeadAttention(d_model, n_head, causal=True, dropout=dropout,
                                             dtype=dtype, rng=rng, std=std, dropout_rng=r_sa)
-        self.cross_attn = MultiHeadAttention(d_model, n_head, causal=False, cross=True, dropout=dropout,
+        self.cross_attn = MultiHeadAttention(d_model, n_head, cross=True, dropout=dropout,
                                              dtype=dtype, rng=rng, std=std, dropout_rng=r_ca)
         self.ff = MLP(d_model, d_ff, activation, hidden_dropout=dropout, dtype=dtype, rng=rng,
                       std=std, dropout_rng=r_ff)

@@ -7,6 +7,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import kernels
+from .module import Module
 from .validate import check_array
 
 
@@ -95,3 +96,21 @@ def cross_entropy_backward(dloss, cache: CrossEntropyCache):
     dx[~valid] = 0
     dx *= x.dtype.type(dloss / n_valid)
     return dx.reshape(shape)
+
+
+class CrossEntropyLoss(Module):
+    """The Module form of the loss: forward(logits, targets) -> loss; backward(dloss=1.0) -> dlogits."""
+
+    def __init__(self, ignore_index: int = -100, label_smoothing: float = 0.0):
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing={label_smoothing!r}, expected a number in [0, 1)")
+        self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
+        self._cache = None
+
+    def forward(self, logits, targets) -> float:
+        loss, self._cache = cross_entropy_forward(logits, targets, self.ignore_index, self.label_smoothing)
+        return loss
+
+    def backward(self, dloss: float = 1.0):
+        return cross_entropy_backward(dloss, self._cache)
