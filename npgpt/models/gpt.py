@@ -1,0 +1,225 @@
+"""GPT: a decoder-only Transformer language model, GPT-2's architecture by default.
+
+    x      = dropout(wte[idx] + wpe[0..T-1])           token + position embeddings   (B, T, C)
+    x      = block_L( ... block_1(x))                  pre-LN Transformer blocks
+    logits = ln_f(x) @ wte^T                            the head shares the token table (tied)
+    loss   = mean cross-entropy(logits, targets)
+
+Parameter names follow GPT-2's (without the `transformer.` prefix): wte.weight, wpe.weight,
+h.0.ln_1.weight, h.0.attn.c_attn.weight, ..., ln_f.bias; lm_head.weight only when untied.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import kernels
+from ..config import GPTConfig
+from ..nn import (Block, CrossEntropyLoss, Dropout, Embedding, KVCache, LayerNorm,
+                  LearnedPositionalEmbedding, Linear, Module, ModuleList,
+                  SinusoidalPositionalEncoding)
+from ..nn.attention import scaled_init_std
+from ..nn.validate import check_array, check_ids
+
+
+class GPT(Module):
+    """The model of GPTConfig, initialised as GPT-2: every weight ~ N(0, 0.02^2), the two
+    projections into the residual stream of each block ~ N(0, (0.02 / sqrt(2 n_layer))^2),
+    biases 0, LayerNorms (1, 0). The same seed gives the same weights and dropout masks."""
+
+    def __init__(self, config: GPTConfig, seed: int = 0):
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"config is a {type(config).__name__}: expected a GPTConfig")
+        self.config = cfg = config
+        rng = np.random.default_rng(seed)
+        kw = dict(dtype=cfg.dtype, rng=rng)
+        self.wte = Embedding(cfg.vocab_size, cfg.n_embd, **kw)
+        if cfg.pos_encoding == "learned":
+            self.wpe = LearnedPositionalEmbedding(cfg.block_size, cfg.n_embd, **kw)
+        else:
+            self.wpe = SinusoidalPositionalEncoding(cfg.block_size, cfg.n_embd, dtype=cfg.dtype)
+        self.drop = Dropout(cfg.dropout, rng.spawn(1)[0])
+        proj_std = scaled_init_std(cfg.n_layer)
+        self.h = ModuleList(Block(cfg.n_embd, cfg.n_head, dropout=cfg.dropout, bias=cfg.bias,
+                                  activation=cfg.activation, eps=cfg.layer_norm_eps, proj_std=proj_std, **kw)
+                            for _ in range(cfg.n_layer))
+        self.ln_f = LayerNorm(cfg.n_embd, cfg.layer_norm_eps, cfg.bias, dtype=cfg.dtype)
+        if not cfg.tie_weights:
+            self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False, **kw)
+        self.loss_fn = CrossEntropyLoss()
+        self._head_input = None
+
+    # -- forward and backward ----------------------------------------------------------------
+
+    def forward(self, idx, targets=None, kv_caches: list[KVCache] | None = None):
+        """idx: int (B, T) -> (logits (B, T, V), loss or None).
+
+        targets: int (B, T), the next token at every position (-100 to ignore one); with them the
+        loss is the mean cross-entropy. kv_caches (one KVCache per block, inference only): the
+        positions of idx continue the cached ones.
+        """
+        cfg = self.config
+        idx = check_ids("idx", idx, cfg.vocab_size, ndim=2)
+        B, T = idx.shape
+        offset = kv_caches[0].length if kv_caches else 0
+        if offset + T > cfg.block_size:
+            raise ValueError(f"idx has {offset + T} positions (with the cache): expected at most "
+                             f"block_size={cfg.block_size}")
+        tok = self.wte.forward(idx)                                   # (B, T, C)
+        pos = self.wpe.forward(T, offset)                             # (T, C)
+        x = self.drop.forward(tok + pos)
+        for i, block in enumerate(self.h):
+            x = block.forward(x, kv_cache=kv_caches[i] if kv_caches else None)
+        x = self.ln_f.forward(x)
+        logits = self._head(x)                                        # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = self.loss_fn.forward(logits, targets)
+        return logits, loss
+
+    def backward(self, dlogits=None):
+        """The chain rule through forward, in reverse. Gradients are added into every .grad.
+
+        dlogits: (B, T, V), the gradient of whatever scalar you differentiate; by default the
+        mean cross-entropy of the last forward (which must have had targets).
+        Returns None: the input is token ids, which have no gradient.
+        """
+        if dlogits is None:
+            if self.loss_fn._cache is None:
+                raise RuntimeError("GPT.backward() without dlogits needs a forward with targets first")
+            dlogits = self.loss_fn.backward(1.0)                      # (B, T, V)
+        else:
+            check_array("dlogits", dlogits, dtype=self.wte.weight.dtype, ndim=3,
+                        last_dim=self.config.vocab_size)
+        dx = self._head_backward(dlogits)                             # logits = ln_f(x) @ W_head
+        dx = self.ln_f.backward(dx)
+        for block in reversed(self.h):
+            dx = block.backward(dx)
+        dx = self.drop.backward(dx)                                   # x = dropout(tok + pos)
+        self.wpe.backward(dx)                                         # both addends get dx
+        self.wte.backward(dx)
+        return None
+
+    def _head(self, x):
+        """logits = x @ W_te^T (tied) or x @ W_head. x: (B, T, C) -> (B, T, V)."""
+        self._head_input = x
+        if self.config.tie_weights:
+            return kernels.get("matmul")(x, self.wte.weight.data.T)
+        return self.lm_head.forward(x)
+
+    def _head_backward(self, dlogits):
+        if not self.config.tie_weights:
+            return self.lm_head.backward(dlogits)
+        matmul = kernels.get("matmul")
+        x = self._head_input
+        W = self.wte.weight
+        if W.requires_grad:
+            # forward: logits = x @ W^T   ->   dW = dlogits^T @ x   (V, C), added to the table's
+            # gradient: the embedding's own contribution arrives later, in wte.backward
+            d2 = dlogits.reshape(-1, dlogits.shape[-1])                   # (N, V)
+            W.grad += matmul(d2.T, x.reshape(-1, x.shape[-1]))
+        return matmul(dlogits, W.data)                                    # dx = dlogits @ W
+
+    # -- generation --------------------------------------------------------------------------
+
+    def generate(self, prompt_ids, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = 0,
+                 use_cache: bool = True, window: bool = True, stop_token: int | None = None):
+        """Continue each prompt by sampling one token at a time.
+
+        prompt_ids: int (T,) or (B, T). Returns the prompts with the new tokens appended,
+        in the same rank. temperature 0 is greedy (argmax); otherwise the last position's logits
+        are divided by temperature, restricted to the top_k most likely tokens and/or to the
+        smallest set whose probability reaches top_p (nucleus), and sampled with a Generator
+        seeded by `seed`.
+
+        use_cache: keep each block's keys and values so a step costs one position, not T
+        (the logits equal full recomputation). window: beyond block_size keep only the last
+        block_size tokens (the cache is rebuilt for the window, since positions shift); with
+        window=False a prompt longer than block_size is an error and generation stops at
+        block_size. stop_token: stop when every sequence has produced it.
+        """
+        cfg = self.config
+        ids = np.asarray(prompt_ids)
+        single = ids.ndim == 1
+        ids = check_ids("prompt_ids", ids[None] if single else ids, cfg.vocab_size, ndim=2)
+        if ids.shape[1] == 0:
+            raise ValueError("prompt_ids is empty: expected at least one token to condition on")
+        if not window and ids.shape[1] > cfg.block_size:
+            raise ValueError(f"prompt_ids has {ids.shape[1]} tokens: expected at most block_size="
+                             f"{cfg.block_size} (or pass window=True to keep the last block_size)")
+        _check_sampling(max_new_tokens, temperature, top_k, top_p, cfg.vocab_size)
+        rng = np.random.default_rng(seed)
+        was_training = self.training
+        self.eval()
+        try:
+            caches, done = None, np.zeros(ids.shape[0], dtype=bool)
+            for _ in range(max_new_tokens):
+                if not window and ids.shape[1] >= cfg.block_size:
+                    break
+                context = ids[:, -cfg.block_size:]
+                if use_cache and ids.shape[1] <= cfg.block_size and caches is not None:
+                    logits, _ = self.forward(ids[:, -1:], kv_caches=caches)    # one new position
+                else:
+                    caches = [KVCache() for _ in self.h] if use_cache else None
+                    logits, _ = self.forward(context, kv_caches=caches)        # (re)fill the window
+                nxt = sample_next(logits[:, -1], temperature, top_k, top_p, rng)
+                ids = np.concatenate([ids, nxt[:, None]], axis=1)
+                if stop_token is not None:
+                    done |= nxt == stop_token
+                    if done.all():
+                        break
+        finally:
+            self.train(was_training)
+        return ids[0] if single else ids
+
+    @classmethod
+    def from_pretrained(cls, path, dtype: str = "float32") -> "GPT":
+        """A GPT with the weights of a local Hugging Face GPT-2 folder (config.json +
+        model.safetensors); see npgpt.checkpoint.load_gpt2."""
+        from ..checkpoint import load_gpt2
+        return load_gpt2(path, dtype=dtype)
+
+    def extra_repr(self):
+        return f"{self.num_parameters():,} parameters"
+
+
+def _check_sampling(max_new_tokens, temperature, top_k, top_p, vocab_size):
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r}, expected a non-negative integer")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature={temperature!r}, expected a finite number >= 0 (0 is greedy)")
+    if top_k is not None and not (isinstance(top_k, (int, np.integer)) and 1 <= top_k):
+        raise ValueError(f"top_k={top_k!r}, expected None or an integer >= 1 (vocab_size is {vocab_size})")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p={top_p!r}, expected None or a number in (0, 1]")
+
+
+def sample_next(logits, temperature: float, top_k: int | None, top_p: float | None,
+                rng: np.random.Generator) -> np.ndarray:
+    """One token id per row of logits (B, V): greedy at temperature 0, else sampled from
+    softmax(logits / temperature) restricted by top_k and top_p. Computed in float64."""
+    if temperature == 0:
+        return logits.argmax(axis=-1)
+    z = logits.astype(np.float64) / temperature
+    if top_k is not None and top_k < z.shape[-1]:
+        kth = np.partition(z, -top_k, axis=-1)[:, -top_k][:, None]       # the k-th largest logit
+        z = np.where(z < kth, -np.inf, z)
+    p = np.exp(z - z.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    if top_p is not None and top_p < 1:
+        order = np.argsort(-p, axis=-1, kind="stable")
+        sorted_p = np.take_along_axis(p, order, axis=-1)
+        # keep a token if the probability before it is still below top_p (the first always is)
+        keep_sorted = np.cumsum(sorted_p, axis=-1) - sorted_p < top_p
+        keep = np.zeros_like(keep_sorted)
+        np.put_along_axis(keep, order, keep_sorted, axis=-1)
+        p = np.where(keep, p, 0.0)
+        p /= p.sum(axis=-1, keepdims=True)
+    # inverse-CDF sampling: the first token whose cumulative probability exceeds u
+    c = np.cumsum(p, axis=-1)
+    u = rng.random((p.shape[0], 1)) * c[:, -1:]
+    return (c <= u).sum(axis=-1)
