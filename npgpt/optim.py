@@ -197,8 +197,10 @@ class _FlatParams:
     """The trainable parameters of some groups, moved into one flat buffer per dtype.
 
     params: the trainable parameters in order (group after group); state_dict indexes them.
+    frozen: the parameters left out because requires_grad was False.
     data, grad, decay: {dtype name: 1-D array}; segments[i]: [(dtype name, start, stop)] of group i;
-    slots[j]: (dtype name, start, stop) of params[j].
+    slots[j]: (dtype name, start, stop) of params[j]; group_of[j]: its group;
+    group_sizes[i]: how many trainable parameters group i has.
     """
 
     def __init__(self, groups: list[dict]):
@@ -209,16 +211,19 @@ class _FlatParams:
             members = [p for p in self.params if p.dtype.name == key]
             self.data[key], self.grad[key] = flatten_parameters(members)
             self.decay[key] = np.repeat([bool(p.decay) for p in members], [p.size for p in members])
-        self.slots, self.segments, offset = [], [], dict.fromkeys(self.data, 0)
-        for g in groups:
+        self.slots, self.segments, self.group_of, offset = [], [], [], dict.fromkeys(self.data, 0)
+        for i, g in enumerate(groups):
             start = dict(offset)
             for p in (p for p in g["params"] if p.requires_grad):
                 key = p.dtype.name
                 self.slots.append((key, offset[key], offset[key] + p.size))
+                self.group_of.append(i)
                 offset[key] += p.size
             self.segments.append([(k, start[k], offset[k]) for k in self.data if offset[k] > start[k]])
+        self.group_sizes = [self.group_of.count(i) for i in range(len(groups))]
 
     def zeros(self) -> dict:
+        """A zero {dtype name: 1-D array} shaped like the buffers (for m, v, momentum)."""
         return {key: np.zeros_like(buf) for key, buf in self.data.items()}
 
     def split(self, flat: dict) -> list[np.ndarray]:
@@ -244,15 +249,20 @@ class _FlatParams:
 # -- the optimizers ----------------------------------------------------------------------------
 
 class _Optimizer:
-    """What SGD and AdamW share: param groups, the flat buffers, lr, zero_grad, state checks."""
+    """What SGD and AdamW share: param groups, the flat buffers, lr, zero_grad, state checks.
 
-    defaults: dict = {}
+    param_groups: [{"params": [...], hyper-parameter: value, ...}], as torch's; a training loop
+    may change a group's values between steps (they are checked again at each step).
+    step_count: the number of steps taken.
+    """
 
     def __init__(self, params, defaults: dict):
         name = type(self).__name__
+        self.defaults = dict(defaults)
         self.param_groups = _parse_groups(name, params, defaults)
+        several = len(self.param_groups) > 1
         for i, group in enumerate(self.param_groups):
-            self._check_group(group, f"{name}: param_groups[{i}]" if i or len(self.param_groups) > 1 else name)
+            self._check_group(group, f"{name}: param_groups[{i}]" if several else name)
         self._flat = _FlatParams(self.param_groups)
         if not self._flat.params:
             raise ValueError(f"{name}: every parameter in params is frozen (requires_grad False): "
@@ -292,48 +302,50 @@ class _Optimizer:
             self._check_group(group, f"{name}: param_groups[{i}]")
 
     def _check_group(self, group: dict, where: str) -> None:
+        """Check a group's hyper-parameters; normalise them in place (floats, a betas tuple)."""
         raise NotImplementedError
 
     def _hyper_state(self) -> dict:
         """Per-group hyper-parameters as {key: [value per group]} plus the layout and the step."""
-        state = {"step": int(self.step_count),
-                 "group_sizes": [sum(p.requires_grad for p in g["params"]) for g in self.param_groups]}
+        state = {"step": int(self.step_count), "group_sizes": list(self._flat.group_sizes)}
         for key in self.defaults:
             state[key] = [_plain(g[key]) for g in self.param_groups]
         return state
 
     def _check_state(self, state: dict, array_keys: list[str]) -> list[dict]:
-        """Validate a state dict against this optimizer; return the new param groups' values."""
+        """Validate a state dict against this optimizer (keys, layout, step, arrays, values);
+        return the param groups' new hyper-parameters. Writes nothing."""
         name = f"{type(self).__name__}.load_state_dict"
-        need = ["step", "group_sizes", *self.defaults, *array_keys]
-        missing = [k for k in need if k not in state]
+        missing = [k for k in ("step", "group_sizes", *self.defaults, *array_keys) if k not in state]
         if missing:
             raise KeyError(f"{name}: state is missing keys {missing}: expected the keys of "
                            f"{type(self).__name__}.state_dict()")
-        sizes = [sum(p.requires_grad for p in g["params"]) for g in self.param_groups]
-        if list(state["group_sizes"]) != sizes:
+        sizes = self._flat.group_sizes
+        if [int(n) for n in state["group_sizes"]] != sizes:
             raise ValueError(f"{name}: group_sizes={list(state['group_sizes'])}: expected {sizes} "
                              f"(trainable parameters per group of this optimizer)")
         step = np.asarray(state["step"])
         if step.shape != () or step.dtype.kind not in "iu" or step < 0:
             raise ValueError(f"{name}: step={state['step']!r}: expected an int >= 0")
-        for key in self.defaults:
-            if len(state[key]) != len(sizes):
-                raise ValueError(f"{name}: {key}={state[key]!r}: expected one value per group "
-                                 f"({len(sizes)} groups)")
         for key in array_keys:
             arr, shape = np.asarray(state[key]), self._flat.params[int(key.rsplit(".", 1)[1])].shape
             if arr.shape != shape or arr.dtype.kind != "f":
                 raise ValueError(f"{name}: {key!r} is a {arr.dtype} array of shape {arr.shape}: "
                                  f"expected a float array of shape {shape}")
-        values = []
-        for i in range(len(self.param_groups)):
-            group = {k: _from_plain(k, state[k][i]) for k in self.defaults}
-            self._check_group(group, f"{name}: group {i}")
-            values.append(group)
-        return values
+        return [self._state_group(name, state, i) for i in range(len(sizes))]
+
+    def _state_group(self, name: str, state: dict, i: int) -> dict:
+        """Group i's hyper-parameters from a state dict, checked."""
+        for key in self.defaults:
+            if len(state[key]) != len(self.param_groups):
+                raise ValueError(f"{name}: {key}={state[key]!r}: expected one value per group "
+                                 f"({len(self.param_groups)} groups)")
+        group = {k: _from_plain(k, state[k][i]) for k in self.defaults}
+        self._check_group(group, f"{name}: group {i}")
+        return group
 
     def _load_flat(self, target: dict, state: dict, prefix: str, indices) -> None:
+        """Copy the arrays state[f"{prefix}.{j}"] into their slots of a flat {dtype: array}."""
         for j in indices:
             key, s, e = self._flat.slots[j]
             target[key][s:e] = np.asarray(state[f"{prefix}.{j}"]).ravel()
@@ -367,9 +379,8 @@ class SGD(_Optimizer):
 
     def __init__(self, params, lr: float, momentum: float = 0.0, dampening: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0):
-        self.defaults = {"lr": lr, "momentum": momentum, "dampening": dampening,
-                         "nesterov": nesterov, "weight_decay": weight_decay}
-        super().__init__(params, self.defaults)
+        super().__init__(params, {"lr": lr, "momentum": momentum, "dampening": dampening,
+                                  "nesterov": nesterov, "weight_decay": weight_decay})
         self._buf = self._flat.zeros() if any(g["momentum"] for g in self.param_groups) else None
         self._started = [False] * len(self.param_groups)   # momentum buffer holds a value
 
@@ -406,17 +417,20 @@ class SGD(_Optimizer):
         state = self._hyper_state()
         state["momentum_started"] = [int(x) for x in self._started]
         for j, buf in enumerate(self._flat.split(self._buf) if self._buf is not None else []):
-            if self._started[self._group_of(j)]:
+            if self._started[self._flat.group_of[j]]:
                 state[f"momentum_buffer.{j}"] = buf
         return state
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a state_dict() of an SGD over the same parameters; checks all, then writes."""
-        started = [bool(x) for x in state.get("momentum_started", [])]
+        if "momentum_started" not in state:
+            raise KeyError("SGD.load_state_dict: state is missing keys ['momentum_started']: "
+                           "expected the keys of SGD.state_dict()")
+        started = [bool(x) for x in state["momentum_started"]]
         if len(started) != len(self.param_groups):
-            raise ValueError(f"SGD.load_state_dict: momentum_started={state.get('momentum_started')!r}: "
+            raise ValueError(f"SGD.load_state_dict: momentum_started={state['momentum_started']!r}: "
                              f"expected one 0/1 per group ({len(self.param_groups)} groups)")
-        indices = [j for j in range(len(self._flat.params)) if started[self._group_of(j)]]
+        indices = [j for j, i in enumerate(self._flat.group_of) if started[i]]
         groups = self._check_state(state, [f"momentum_buffer.{j}" for j in indices])
         if indices and self._buf is None:
             self._buf = self._flat.zeros()
@@ -424,15 +438,6 @@ class SGD(_Optimizer):
             group.update(values)
         self._load_flat(self._buf, state, "momentum_buffer", indices)
         self._started, self.step_count = started, int(state["step"])
-
-    def _group_of(self, j: int) -> int:
-        """The group index of params[j]."""
-        total = 0
-        for i, group in enumerate(self.param_groups):
-            total += sum(p.requires_grad for p in group["params"])
-            if j < total:
-                return i
-        raise IndexError(j)
 
 
 class AdamW(_Optimizer):
@@ -446,8 +451,7 @@ class AdamW(_Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.01):
-        self.defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
-        super().__init__(params, self.defaults)
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
         self._m, self._v = self._flat.zeros(), self._flat.zeros()
 
     def _check_group(self, group: dict, where: str) -> None:
@@ -495,15 +499,14 @@ class AdamW(_Optimizer):
 # -- gradient clipping -------------------------------------------------------------------------
 
 def _sum_squares(a: np.ndarray) -> float:
-    """sum(a^2) accumulated in float64 (float32 inputs are widened chunk by chunk)."""
+    """sum(a^2), squared and summed in float64 chunk by chunk (no BLAS: its threads stall when
+    called many times on small vectors of a busy machine)."""
     a = a.reshape(-1)
-    if a.dtype == np.float64:
-        return float(np.dot(a, a))
     total, scratch = 0.0, np.empty(min(a.size, BLOCK), dtype=np.float64)
     for s, e in _chunks(a.size):
         t = scratch[:e - s]
-        t[...] = a[s:e]
-        total += float(np.dot(t, t))
+        np.multiply(a[s:e], a[s:e], out=t, dtype=np.float64)
+        total += float(t.sum())
     return total
 
 
