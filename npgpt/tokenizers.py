@@ -46,7 +46,8 @@ def _as_id_list(ids, name: str = "ids") -> list[int]:
                             "expected a 1-D array of integer token ids")
         return ids.tolist()
     if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
-        raise TypeError(f"{name} is a {type(ids).__name__}: expected an iterable of integer token ids")
+        raise TypeError(f"{name} is a {type(ids).__name__}: expected an iterable of integer "
+                        "token ids")
     out = []
     for i in ids:
         try:
@@ -220,6 +221,10 @@ class BPETokenizer:
     """
 
     def __init__(self, encoder: dict[str, int], merges, special_tokens=None):
+        if not isinstance(encoder, dict) or not all(
+                isinstance(t, str) and isinstance(i, int) for t, i in encoder.items()):
+            raise TypeError(f"encoder is a {type(encoder).__name__}: expected a dict of token "
+                            "string -> integer id (GPT-2's vocab.json)")
         self.encoder = dict(encoder)
         self.merges = [tuple(m) for m in merges]
         n = len(self.encoder)
@@ -236,11 +241,9 @@ class BPETokenizer:
             self._id_bytes[self.encoder[s]] = s.encode("utf-8")
         for i, tb in enumerate(self._id_bytes):
             if tb is None:
-                raise ValueError(f"encoder token {self._id_token[i]!r} (id {i}) is neither byte-level "
-                                 "text (see bytes_to_unicode) nor a special token")
-        self._special_re = (regex.compile("|".join(regex.escape(s) for s in
-                                                   sorted(self.special_tokens, key=len, reverse=True)))
-                            if self.special_tokens else None)
+                raise ValueError(f"encoder token {self._id_token[i]!r} (id {i}) is neither "
+                                 "byte-level text (see bytes_to_unicode) nor a special token")
+        self._special_re = _alternation(self.special_tokens)
         self._cache: dict[str, list[int]] = {}
 
     # -- construction helpers ---------------------------------------------------------------
@@ -368,7 +371,8 @@ class BPETokenizer:
         if not isinstance(vocab_size, (int, np.integer)) or vocab_size < 256 + len(specials):
             raise ValueError(f"vocab_size is {vocab_size!r}: expected an int >= 256 + "
                              f"{len(specials)} special tokens = {256 + len(specials)}")
-        if len(set(specials)) != len(specials) or not all(isinstance(s, str) and s for s in specials):
+        if len(set(specials)) != len(specials) or not all(isinstance(s, str) and s
+                                                          for s in specials):
             raise ValueError(f"special_tokens is {specials!r}: expected unique non-empty strings")
         words, freqs = _count_words(text, specials)
         token_bytes, merges = _learn_merges(words, freqs, vocab_size - len(specials), verbose)
@@ -400,7 +404,8 @@ class BPETokenizer:
         """Write GPT-2's files, folder/vocab.json and folder/merges.txt (each atomically)."""
         folder = Path(folder)
         if folder.exists() and not folder.is_dir():
-            raise ValueError(f"folder {str(folder)!r} is a file: expected a directory (made if missing)")
+            raise ValueError(f"folder {str(folder)!r} is a file: expected a directory "
+                             "(made if missing)")
         folder.mkdir(parents=True, exist_ok=True)
         _write_atomic(folder / "vocab.json", json.dumps(self.encoder, ensure_ascii=False))
         lines = ["#version: 0.2", *(f"{a} {b}" for a, b in self.merges)]
@@ -433,6 +438,13 @@ class BPETokenizer:
 _NO_MERGE = (float("inf"), -1)
 
 
+def _alternation(tokens):
+    """A regex matching any of tokens, longest first (None for no tokens)."""
+    if not tokens:
+        return None
+    return regex.compile("|".join(regex.escape(t) for t in sorted(tokens, key=len, reverse=True)))
+
+
 def _describe_ids(ids) -> str:
     ids = sorted(ids)
     return f"{ids[:5]}..." if len(ids) > 5 else str(ids)
@@ -449,7 +461,8 @@ def _parse_merge(line: str, lineno: int, where: str) -> tuple[str, str]:
 def _read_merges(path: Path) -> list[tuple[str, str]]:
     """The merges of a GPT-2 merges.txt: an optional '#version' first line, then 'a b' lines."""
     if not path.is_file():
-        raise FileNotFoundError(f"merges file {str(path)!r} is missing: expected GPT-2's merges.txt")
+        raise FileNotFoundError(f"merges file {str(path)!r} is missing: expected GPT-2's "
+                                "merges.txt")
     try:
         lines = path.read_text(encoding="utf-8").split("\n")
     except UnicodeDecodeError as e:
@@ -467,11 +480,7 @@ def _read_merges(path: Path) -> list[tuple[str, str]]:
 
 def _count_words(text: str, specials: list[str]) -> tuple[list[list[int]], list[int]]:
     """Each distinct pre-tokenised word of text as its list of bytes, and how often it occurs."""
-    if specials:
-        pattern = regex.compile("|".join(regex.escape(s) for s in sorted(specials, key=len, reverse=True)))
-        chunks = pattern.split(text)
-    else:
-        chunks = [text]
+    chunks = _alternation(specials).split(text) if specials else [text]
     counts = Counter()
     for chunk in chunks:
         counts.update(_SPLIT_RE.findall(chunk))
@@ -556,12 +565,19 @@ def _apply_merge(words, freqs, pair, new, counts, where) -> set:
 _TYPES = {"char": CharTokenizer, "bpe": BPETokenizer}
 
 
-def tokenizer_from_dict(d) -> CharTokenizer | BPETokenizer:
-    """Rebuild a tokenizer from its to_dict() (as stored in a checkpoint)."""
-    if not isinstance(d, dict) or d.get("type") not in _TYPES:
+def tokenizer_from_dict(d):
+    """Rebuild a tokenizer from its to_dict() (as stored in a checkpoint).
+
+    Also rebuilds npgpt.data.Seq2SeqVocab ("type": "seq2seq"), the seq2seq tasks' vocabulary.
+    """
+    types = {**_TYPES, "seq2seq": None}
+    if not isinstance(d, dict) or d.get("type") not in types:
         got = d.get("type") if isinstance(d, dict) else type(d).__name__
         raise ValueError(f"d has type {got!r}: expected a tokenizer dict (from to_dict()) with "
-                         f"\"type\" one of {sorted(_TYPES)}")
+                         f"\"type\" one of {sorted(types)}")
+    if d["type"] == "seq2seq":
+        from .data import Seq2SeqVocab  # data imports nothing of npgpt: no cycle
+        return Seq2SeqVocab.from_dict(d)
     try:
         return _TYPES[d["type"]].from_dict(d)
     except KeyError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 
@@ -14,6 +15,8 @@ from hypothesis import strategies as st
 from npgpt.data import default_corpus
 from npgpt.tokenizers import (BPETokenizer, CharTokenizer, _count_words, bytes_to_unicode,
                               tokenizer_from_dict)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # transformers reads local folders only
 
 EOT = "<|endoftext|>"
 PARAGRAPH = ("The for statement is used to iterate over the elements of a sequence (such as a "
@@ -285,7 +288,7 @@ def test_dict_round_trip(bpe):
 
 
 def test_tokenizer_from_dict_errors():
-    with pytest.raises(ValueError, match="d has type 'wordpiece'.*one of \\['bpe', 'char'\\]"):
+    with pytest.raises(ValueError, match="d has type 'wordpiece'.*one of \\['bpe', 'char', 'seq2seq'\\]"):
         tokenizer_from_dict({"type": "wordpiece"})
     with pytest.raises(ValueError, match="d has type None"):
         tokenizer_from_dict({"vocab": {}})
@@ -293,6 +296,14 @@ def test_tokenizer_from_dict_errors():
         tokenizer_from_dict([1, 2])
     with pytest.raises(ValueError, match="lacks the key 'merges'"):
         tokenizer_from_dict({"type": "bpe", "vocab": {}})
+    with pytest.raises(TypeError, match="encoder is a list"):
+        tokenizer_from_dict({"type": "bpe", "vocab": [], "merges": []})
+
+
+def test_tokenizer_from_dict_rebuilds_a_seq2seq_vocab():
+    from npgpt.data import Seq2SeqVocab
+    vocab = Seq2SeqVocab("0123456789+")
+    assert tokenizer_from_dict(json.loads(json.dumps(vocab.to_dict()))) == vocab
 
 
 def _write_folder(folder, vocab: dict, merges_text: str):
@@ -368,6 +379,21 @@ def test_same_ids_as_transformers_on_any_text(bpe, hf, text):
     ids = bpe.encode(text)
     assert _hf_encode(hf, text) == ids
     assert _hf_decode(hf, ids) == text
+
+
+@pytest.mark.filterwarnings("ignore:BPETokenizer.train")
+def test_extra_special_tokens_match_transformers(corpus, tmp_path):
+    # GPT-2's files cannot mark special tokens: npgpt finds them (in vocab.json, made by no
+    # merge); transformers is told with extra_special_tokens (only '<|endoftext|>' by default).
+    transformers = pytest.importorskip("transformers")
+    tok = BPETokenizer.train(corpus[:30_000], 400, special_tokens=(EOT, "<|pad|>"))
+    tok.save(tmp_path)
+    again = BPETokenizer.load(tmp_path)
+    assert again.special_tokens == [EOT, "<|pad|>"] and again.special_id("<|pad|>") == 399
+    hf = transformers.GPT2Tokenizer.from_pretrained(str(tmp_path), extra_special_tokens=["<|pad|>"])
+    text = f"a <|pad|>b{EOT}<|pad|><|pad|> c<|pad"
+    assert again.encode(text) == tok.encode(text) == _hf_encode(hf, text)
+    assert again.encode(text).count(399) == 3
 
 
 @given(st.lists(st.integers(0, 1023), max_size=30))
