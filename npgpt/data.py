@@ -1,4 +1,4 @@
-"""Data: the built-in corpus, text files, batches for the GPT, and seq2seq tasks for the Transformer.
+"""Data: the built-in corpus, text files, GPT batches, and seq2seq tasks for the Transformer.
 
 Language modelling (GPT), as nanoGPT does it:
 
@@ -119,9 +119,10 @@ def get_batch(data: np.ndarray, batch_size: int, block_size: int, rng: np.random
     _check_rng(rng)
     batch_size = _check_int("batch_size", batch_size)
     block_size = _check_int("block_size", block_size)
-    if not isinstance(data, np.ndarray) or data.ndim != 1:
-        raise ValueError(f"{name} is a {type(data).__name__} of shape {np.shape(data)}: expected a "
-                         "1-D array of token ids")
+    if (not isinstance(data, np.ndarray) or data.ndim != 1
+            or not np.issubdtype(data.dtype, np.integer)):
+        raise ValueError(f"{name} is a {type(data).__name__} of shape {np.shape(data)} and dtype "
+                         f"{getattr(data, 'dtype', None)}: expected a 1-D array of integer token ids")
     if len(data) < block_size + 1:
         raise ValueError(f"{name} has {len(data)} tokens: expected at least block_size + 1 = "
                          f"{block_size + 1} (use a longer text, a smaller block_size or a smaller "
@@ -182,7 +183,8 @@ class Seq2SeqVocab:
         return out
 
     def decode(self, ids) -> str:
-        """Symbols of ids up to the first eos; pad, bos and unk are skipped."""
+        """Symbols of ids up to the first eos; pad, bos and unk are skipped (not a round trip
+        of every id list: it reads model output)."""
         out = []
         for pos, i in enumerate(np.asarray(ids).ravel().tolist()):
             if i == self.EOS:
@@ -308,7 +310,7 @@ def load_pairs_tsv(path, vocab: Seq2SeqVocab | None = None):
     """Parallel text, one 'source<TAB>target' per line: (vocab, pairs of id lists).
 
     vocab None builds a character vocabulary from the file (sorted characters of both sides);
-    pass the training file's vocab to read a test file with the same ids. Blank lines are
+    pass the training file's vocab to read a test file with the same ids. Empty lines are
     skipped; a line without a tab, with more than one, or with an empty side raises ValueError
     with its line number and text.
     """
@@ -316,7 +318,7 @@ def load_pairs_tsv(path, vocab: Seq2SeqVocab | None = None):
     rows = []
     for lineno, line in enumerate(load_text(path).split("\n"), start=1):
         line = line.removesuffix("\r")
-        if not line.strip():
+        if not line:
             continue
         parts = line.split("\t")
         if len(parts) != 2 or not parts[0] or not parts[1]:

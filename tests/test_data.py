@@ -125,6 +125,8 @@ def test_get_batch_errors():
         get_batch(np.arange(100), 2, 8.0, rng)
     with pytest.raises(ValueError, match="data is a list"):
         get_batch([1, 2, 3], 1, 1, rng)
+    with pytest.raises(ValueError, match="train is a ndarray .* dtype float64"):
+        get_batch(np.zeros(100), 2, 8, rng, name="train")
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,7 +239,8 @@ def test_load_pairs_tsv(tmp_path):
 
 
 @pytest.mark.parametrize("line, why", [("no tab here", "no tab"), ("a\tb\tc", "2 tabs"),
-                                       ("\tb", "an empty side"), ("a\t", "an empty side")])
+                                       ("\tb", "an empty side"), ("a\t", "an empty side"),
+                                       ("   ", "no tab")])
 def test_load_pairs_tsv_malformed_line(tmp_path, line, why):
     p = tmp_path / "bad.tsv"
     p.write_text(f"x\ty\n{line}\n", encoding="utf-8")
