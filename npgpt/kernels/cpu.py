@@ -331,6 +331,9 @@ def _exp_nonpos_impl(x):
 # Block sizes (query rows x keys), measured by benchmarks/bench_attention.py: see attention_forward.
 ATTN_BR = 64
 ATTN_BC = 64
+# Below this many keys, attention_forward takes batched BLAS products around a Numba softmax
+# instead of the fused kernel: measured faster there (see attention_forward).
+ATTN_FUSED_FROM_TK = 256
 
 
 class FlashAttentionCache(NamedTuple):
@@ -511,6 +514,91 @@ def _flash_backward(q, k, v, out, dout, lse, key_bias, causal, scale, dq, dk, dv
                              key_bias[b], causal, scale, dq[b, h], dk[b, h], dv[b, h], br, bc)
 
 
+# ---------------------------------------------------------------------------------------------
+# Attention for short sequences: batched BLAS products around a Numba softmax
+# ---------------------------------------------------------------------------------------------
+
+class SoftmaxAttentionCache(NamedTuple):
+    """The short-sequence path keeps the (Tq, Tk) probabilities, as the reference does."""
+    q: np.ndarray          # (B, H, Tq, D)
+    k: np.ndarray          # (B, H, Tk, D)
+    v: np.ndarray          # (B, H, Tk, D)
+    att: np.ndarray        # (B, H, Tq, Tk) softmax probabilities (0 where hidden)
+    scale: float           # 1 / sqrt(D)
+
+
+@njit(fastmath=_FM, cache=True)
+def _softmax_head(s, bias, causal, scale):
+    """In place, each row of one head's scores: s <- softmax(s * scale + mask); a hidden-only row -> 0."""
+    Tq, Tk = s.shape
+    dt = s.dtype.type
+    # for each query row i: x = s * scale + bias over its visible keys, m = max x, p = exp(x - m) / sum
+    for i in range(Tq):
+        nv = _visible(i, Tq, Tk, causal, Tk)
+        mx = dt(-np.inf)
+        for c in range(nv):
+            x = s[i, c] * dt(scale) + bias[c]
+            s[i, c] = x
+            mx = max(mx, x)
+        if mx == -np.inf:
+            s[i, :] = 0
+            continue
+        total = dt(0)
+        for c in range(nv):
+            p = _exp_nonpos(s[i, c] - mx)
+            s[i, c] = p
+            total += p
+        inv = dt(1) / total
+        for c in range(nv):
+            s[i, c] *= inv
+        s[i, nv:] = 0
+
+
+@njit(parallel=True, cache=True)
+def _softmax_heads(s, key_bias, causal, scale):
+    B, H = s.shape[0], s.shape[1]
+    # for each (batch, head), in parallel
+    for t in prange(B * H):
+        _softmax_head(s[t // H, t % H], key_bias[t // H], causal, scale)
+
+
+@njit(fastmath=_FM, cache=True)
+def _softmax_backward_head(att, datt, scale):
+    """In place: datt <- att * (datt - sum_k(datt * att)) * scale, row by row."""
+    dt = att.dtype.type
+    for i in range(att.shape[0]):
+        dot = _dot(datt[i], att[i])
+        for c in range(att.shape[1]):
+            datt[i, c] = att[i, c] * (datt[i, c] - dot) * dt(scale)
+
+
+@njit(parallel=True, cache=True)
+def _softmax_backward_heads(att, datt, scale):
+    B, H = att.shape[0], att.shape[1]
+    # for each (batch, head), in parallel
+    for t in prange(B * H):
+        _softmax_backward_head(att[t // H, t % H], datt[t // H, t % H], scale)
+
+
+def _attention_forward_blas(q, k, v, causal, key_bias):
+    """s = q k^T (BLAS); att = softmax(s * scale + mask) (Numba, in place); out = att v (BLAS)."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    att = np.matmul(q, k.transpose(0, 1, 3, 2))                   # (B, H, Tq, Tk)
+    _softmax_heads(att, key_bias, causal, scale)
+    return np.matmul(att, v), SoftmaxAttentionCache(q, k, v, att, scale)
+
+
+def _attention_backward_blas(dout, cache):
+    q, k, v, att, scale = cache
+    # forward: out = att @ v
+    dv = np.matmul(att.transpose(0, 1, 3, 2), dout)               # (B, H, Tk, D)
+    ds = np.matmul(dout, v.transpose(0, 1, 3, 2))                 # datt: (B, H, Tq, Tk)
+    # forward: att = softmax(s * scale + mask)   ->  ds = att * (datt - rowsum(datt * att)) * scale
+    _softmax_backward_heads(att, ds, scale)
+    # forward: s = q @ k^T
+    return np.matmul(ds, k), np.matmul(ds.transpose(0, 1, 3, 2), q), dv
+
+
 def _key_bias(key_pad, B, Tk, dtype):
     """(B, Tk): 0 where a key is visible, -inf where key_pad hides it (added to the scores)."""
     bias = np.zeros((B, Tk), dtype=dtype)
@@ -540,15 +628,22 @@ def attention_forward(q, k, v, causal=True, key_pad=None, dropout_p=0.0, rng=Non
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
     q, k, v = (np.ascontiguousarray(t) for t in (q, k, v))        # per-head tiles must be contiguous
+    key_bias = _key_bias(key_pad, B, Tk, q.dtype)
+    if Tk < ATTN_FUSED_FROM_TK:
+        return _attention_forward_blas(q, k, v, bool(causal), key_bias)
+    return _attention_forward_fused(q, k, v, bool(causal), key_bias)
+
+
+def _attention_forward_fused(q, k, v, causal, key_bias):
+    B, H, Tq, D = q.shape
     scale = 1.0 / math.sqrt(D)
     out = np.empty((B, H, Tq, D), dtype=q.dtype)
     lse = np.empty((B, H, Tq), dtype=q.dtype)
-    key_bias = _key_bias(key_pad, B, Tk, q.dtype)
     if out.size:
-        _flash_forward(q, k, v, key_bias, bool(causal), scale, out, lse, ATTN_BR, ATTN_BC)
+        _flash_forward(q, k, v, key_bias, causal, scale, out, lse, ATTN_BR, ATTN_BC)
     else:
         lse[:] = -np.inf
-    return out, FlashAttentionCache(q, k, v, out, lse, key_bias, bool(causal), scale)
+    return out, FlashAttentionCache(q, k, v, out, lse, key_bias, causal, scale)
 
 
 def attention_backward(dout, cache):
@@ -563,14 +658,17 @@ def attention_backward(dout, cache):
     """
     if isinstance(cache, reference.AttentionCache):
         return reference.attention_backward(dout, cache)
-    if not isinstance(cache, FlashAttentionCache):
+    if not isinstance(cache, (FlashAttentionCache, SoftmaxAttentionCache)):
         raise TypeError(f"attention_backward: cache is {type(cache).__name__}: expected the cache "
                         f"returned by attention_forward")
-    q, k, v, out, lse, key_bias, causal, scale = cache
-    if not isinstance(dout, np.ndarray) or dout.shape != out.shape or dout.dtype != out.dtype:
+    want = cache.q.shape
+    if not isinstance(dout, np.ndarray) or dout.shape != want or dout.dtype != cache.q.dtype:
         raise ValueError(f"attention_backward: dout has shape {getattr(dout, 'shape', None)} and dtype "
-                         f"{getattr(dout, 'dtype', None)}: expected {out.shape} {out.dtype}")
+                         f"{getattr(dout, 'dtype', None)}: expected {want} {cache.q.dtype}")
     dout = np.ascontiguousarray(dout)
+    if isinstance(cache, SoftmaxAttentionCache):
+        return _attention_backward_blas(dout, cache)
+    q, k, v, out, lse, key_bias, causal, scale = cache
     dq = np.empty_like(q)
     dk = np.empty_like(k)
     dv = np.empty_like(v)
@@ -627,11 +725,12 @@ def warmup(dtypes=("float32",)) -> dict[str, float]:
         a = rng.standard_normal((9, 7)).astype(dtype)
         b = rng.standard_normal((7, 5)).astype(dtype)
         q, k, v = (rng.standard_normal((1, 2, 5, 3)).astype(dtype) for _ in range(3))
-        pad = np.zeros((1, 5), dtype=bool)
+        bias = _key_bias(None, 1, 5, dtype)
 
         def attention():
-            out, cache = attention_forward(q, k, v, causal=True, key_pad=pad)
-            attention_backward(out, cache)
+            for forward in (_attention_forward_fused, _attention_forward_blas):   # both paths
+                out, cache = forward(q, k, v, True, bias)
+                attention_backward(out, cache)
 
         for kernel, call in (("gemm", lambda: (gemm(a, b), gemm(a.T.T, b.T.T), gemm(b.T, a.T))),
                              ("attention", attention),

@@ -8,6 +8,7 @@ Tolerances (relative error max|a - b| / max(|a| + |b|), tests/helpers.py):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tracemalloc
 
@@ -109,6 +110,19 @@ def test_erf_equals_reference(dtype, tol):
 
 # ------------------------------------------------------------------------------------- attention
 
+@contextlib.contextmanager
+def attention_path(path):
+    """Force attention_forward's path: "fused" (FlashAttention) or "blas" (BLAS + Numba softmax)."""
+    saved = cpu.ATTN_FUSED_FROM_TK
+    cpu.ATTN_FUSED_FROM_TK = 0 if path == "fused" else 2**62
+    try:
+        yield
+    finally:
+        cpu.ATTN_FUSED_FROM_TK = saved
+
+
+CACHE_OF_PATH = {"fused": cpu.FlashAttentionCache, "blas": cpu.SoftmaxAttentionCache}
+
 @st.composite
 def attention_case(draw):
     dtype = draw(DTYPES)
@@ -120,10 +134,10 @@ def attention_case(draw):
     D = draw(st.sampled_from([1, 3, 17, 64]))
     pad = draw(st.sampled_from(["none", "random", "full row"]))
     return dict(dtype=dtype, causal=causal, B=B, H=H, Tq=Tq, Tk=Tk, D=D, pad=pad,
-                seed=draw(st.integers(0, 2**16)))
+                seed=draw(st.integers(0, 2**16)), path=draw(st.sampled_from(["fused", "blas"])))
 
 
-def _attention_inputs(dtype, causal, B, H, Tq, Tk, D, pad, seed):
+def _attention_inputs(dtype, causal, B, H, Tq, Tk, D, pad, seed, path):
     rng = np.random.default_rng(seed)
     q, k, v = _normal(rng, (B, H, Tq, D), dtype), _normal(rng, (B, H, Tk, D), dtype), \
         _normal(rng, (B, H, Tk, D), dtype)
@@ -140,8 +154,9 @@ def _check_attention(case):
     q, k, v, key_pad, dout = _attention_inputs(**case)
     tol = TOL[case["dtype"]]
     want, want_cache = reference.attention_forward(q, k, v, case["causal"], key_pad)
-    got, got_cache = cpu.attention_forward(q, k, v, case["causal"], key_pad)
-    assert isinstance(got_cache, cpu.FlashAttentionCache)
+    with attention_path(case["path"]):
+        got, got_cache = cpu.attention_forward(q, k, v, case["causal"], key_pad)
+    assert isinstance(got_cache, CACHE_OF_PATH[case["path"]])
     assert got.dtype == q.dtype
     assert_close(f"attention out {case}", got, want, tol)
     for name, g, w in zip(("dq", "dk", "dv"), cpu.attention_backward(dout, got_cache),
@@ -163,17 +178,21 @@ def test_attention_forward_and_gradients_equal_reference(case):
     (1, 1, True, "none"), (130, 130, True, "random"), (3, 130, True, "none"),    # decode: Tq < Tk
     (65, 64, False, "full row"), (64, 129, True, "full row")])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_attention_block_edges(Tq, Tk, causal, pad, dtype):
-    _check_attention(dict(dtype=dtype, causal=causal, B=2, H=1, Tq=Tq, Tk=Tk, D=17, pad=pad, seed=5))
+@pytest.mark.parametrize("path", ["fused", "blas"])
+def test_attention_block_edges(Tq, Tk, causal, pad, dtype, path):
+    _check_attention(dict(dtype=dtype, causal=causal, B=2, H=1, Tq=Tq, Tk=Tk, D=17, pad=pad, seed=5,
+                          path=path))
 
 
-def test_attention_non_contiguous_inputs():
+@pytest.mark.parametrize("path", ["fused", "blas"])
+def test_attention_non_contiguous_inputs(path):
     """The layers pass heads as transposed views (B, T, H, D) -> (B, H, T, D)."""
     rng = np.random.default_rng(7)
     q, k, v = (rng.standard_normal((2, 9, 3, 5)).transpose(0, 2, 1, 3) for _ in range(3))
     dout = rng.standard_normal((2, 9, 3, 5)).transpose(0, 2, 1, 3)
     want, wc = reference.attention_forward(q, k, v)
-    got, gc = cpu.attention_forward(q, k, v)
+    with attention_path(path):
+        got, gc = cpu.attention_forward(q, k, v)
     assert_close("out", got, want, 1e-12)
     for g, w in zip(cpu.attention_backward(dout, gc), reference.attention_backward(dout, wc)):
         assert_close("grad", g, w, 1e-12)
@@ -202,6 +221,7 @@ def test_attention_bad_input_raises_before_compiled_code(monkeypatch, kwargs, er
     def must_not_run(*args):
         raise AssertionError("compiled code ran on bad input")
     monkeypatch.setattr(cpu, "_flash_forward", must_not_run)
+    monkeypatch.setattr(cpu, "_softmax_heads", must_not_run)
     args = dict(q=np.ones((1, 1, 5, 3)), k=np.ones((1, 1, 5, 3)), v=np.ones((1, 1, 5, 3)),
                 key_pad=None)
     args.update(kwargs)
@@ -209,9 +229,11 @@ def test_attention_bad_input_raises_before_compiled_code(monkeypatch, kwargs, er
         cpu.attention_forward(args["q"], args["k"], args["v"], causal=True, key_pad=args["key_pad"])
 
 
-def test_attention_backward_bad_input_raises():
+@pytest.mark.parametrize("path", ["fused", "blas"])
+def test_attention_backward_bad_input_raises(path):
     q = np.ones((1, 1, 4, 2))
-    _, cache = cpu.attention_forward(q, q, q)
+    with attention_path(path):
+        _, cache = cpu.attention_forward(q, q, q)
     with pytest.raises(ValueError, match="dout has shape"):
         cpu.attention_backward(np.ones((1, 1, 3, 2)), cache)
     with pytest.raises(TypeError, match="cache is"):
@@ -238,7 +260,8 @@ def _extra_bytes(forward, T):
 
 def test_fused_attention_memory_grows_linearly_in_T():
     ref_growth = _extra_bytes(reference.attention_forward, 1024) / _extra_bytes(reference.attention_forward, 256)
-    fused_growth = _extra_bytes(cpu.attention_forward, 1024) / _extra_bytes(cpu.attention_forward, 256)
+    with attention_path("fused"):
+        fused_growth = _extra_bytes(cpu.attention_forward, 1024) / _extra_bytes(cpu.attention_forward, 256)
     assert ref_growth > 12, f"the reference's (T, T) probabilities should grow ~16x, grew {ref_growth:.1f}x"
     assert fused_growth < 5, f"the fused attention should grow ~4x (linear in T), grew {fused_growth:.1f}x"
 
