@@ -96,10 +96,10 @@ class Transformer(Module):
     every matrix, embeddings and generator included, is xavier-uniform, as torch.nn.Transformer
     does for its own matrices and the Annotated Transformer for the whole model; the q, k, v
     projections of an attention draw as ONE (d, 3d) matrix, as torch's in_proj_weight does, so
-    their scale matches torch's. Biases are 0 (torch draws its feed-forward biases from
-    U(+-1/sqrt(fan_in)); zero is simpler and trains the same), LayerNorms (1, 0). With
-    embeddings U(+-sqrt(6/(V+d))) times sqrt(d), token vectors have elements of size ~1, as the
-    positions do.
+    their scale matches torch's. Biases are 0 (where torch draws its feed-forward biases from
+    U(+-1/sqrt(fan_in)): the simplest choice, and npgpt's GPT's), LayerNorms (1, 0). An
+    embedding element, U(+-sqrt(6/(V+d))) times sqrt(d), has std sqrt(2d/(V+d)): about 1 when
+    V ~ d, the size of the positions' sines and cosines.
     """
 
     def __init__(self, config: TransformerConfig, seed: int = 0):
@@ -168,7 +168,11 @@ class Transformer(Module):
         return logits, loss
 
     def encode(self, src, src_pad):
-        """The encoder: src (B, S) ids -> memory (B, S, d). src_pad: bool (B, S) (not derived here)."""
+        """The encoder: src (B, S) ids -> memory (B, S, d).
+
+        src_pad: bool (B, S), True at padding; taken as given (None hides nothing: forward and
+        translate are where a missing mask is derived from pad_id).
+        """
         x = self.src_drop.forward(self._embed(self.src_embed, src, "src"))
         for layer in self.encoder:
             x = layer.forward(x, src_pad=src_pad)
@@ -278,12 +282,16 @@ class Transformer(Module):
         exceed config.max_len). Runs in eval mode (no dropout) and restores the previous mode.
         It overwrites the layers' forward caches: call backward before, not after.
 
-        Returns a list of B lists of token ids: what follows BOS, without the EOS. With
-        return_scores=True, (that list, scores (B,) float64), the score being
-        log P(y + [EOS] | x) / lp(len) (log P(y | x) / lp(max_len) when no EOS came).
+        Returns a list of B lists of token ids: what follows BOS, without the EOS (other ids,
+        PAD and BOS included, are returned as the model made them). With return_scores=True,
+        (that list, scores (B,) float64): log P(y + [EOS] | x) / lp(len(y) + 1), or
+        log P(y | x) / lp(max_len) for a y that reached max_len without EOS. length_penalty
+        (alpha) changes which hypothesis beam search picks; greedy picks the argmax regardless
+        and alpha only scales its score.
         use_cache=False recomputes the whole decoder prefix at every step (the reference that
         the cached path is tested against; slower).
         """
+        _check_int("beam_size", beam_size, 1)
         search = self.greedy_decode if beam_size == 1 else self.beam_search
         kw = {} if beam_size == 1 else dict(beam_size=beam_size)
         return search(src, max_len=max_len, length_penalty=length_penalty, src_pad=src_pad,
@@ -292,28 +300,26 @@ class Transformer(Module):
     def greedy_decode(self, src, max_len: int = 32, length_penalty: float = 0.6, src_pad=None,
                       bos_id: int = 1, eos_id: int = 2, *, use_cache: bool = True, return_scores: bool = False):
         """Greedy decoding: the most probable token at each step (see translate)."""
-        return self._decode(_greedy, src, max_len, 1, length_penalty, src_pad, bos_id, eos_id,
+        return self._search(_greedy, src, max_len, 1, length_penalty, src_pad, bos_id, eos_id,
                             use_cache, return_scores)
 
     def beam_search(self, src, beam_size: int = 4, max_len: int = 32, length_penalty: float = 0.6,
                     src_pad=None, bos_id: int = 1, eos_id: int = 2, *, use_cache: bool = True,
                     return_scores: bool = False):
         """Beam search (see translate and _beam_search); beam_size=1 gives greedy's output."""
-        return self._decode(_beam_search, src, max_len, beam_size, length_penalty, src_pad, bos_id,
+        return self._search(_beam_search, src, max_len, beam_size, length_penalty, src_pad, bos_id,
                             eos_id, use_cache, return_scores)
 
-    def _decode(self, search, src, max_len, beam_size, alpha, src_pad, bos_id, eos_id, use_cache, return_scores):
+    def _search(self, search, src, max_len, beam_size, alpha, src_pad, bos_id, eos_id, use_cache, return_scores):
+        """Check the arguments, encode once, run `search` in eval mode, restore the mode."""
         cfg = self.config
         src = self._check_ids("src", src, cfg.src_vocab_size)
         src_pad = self._check_pad("src_pad", src_pad, src, "src")
-        for name, value, lo, hi in (("max_len", max_len, 1, cfg.max_len), ("beam_size", beam_size, 1, None),
-                                    ("bos_id", bos_id, 0, cfg.tgt_vocab_size - 1),
-                                    ("eos_id", eos_id, 0, cfg.tgt_vocab_size - 1)):
-            if (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo
-                    or (hi is not None and value > hi)):
-                raise ValueError(f"{name}={value!r}: expected an integer in [{lo}, {hi if hi is not None else 'inf'}]"
-                                 + (" (config.max_len, the positions the decoder covers)" if name == "max_len" else ""))
-        if not isinstance(alpha, (int, float)) or alpha < 0:
+        _check_int("max_len", max_len, 1, cfg.max_len, " (config.max_len: the positions the decoder covers)")
+        _check_int("beam_size", beam_size, 1)
+        _check_int("bos_id", bos_id, 0, cfg.tgt_vocab_size - 1, " (a target token id)")
+        _check_int("eos_id", eos_id, 0, cfg.tgt_vocab_size - 1, " (a target token id)")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:
             raise ValueError(f"length_penalty={alpha!r}: expected a number >= 0")
         was_training = self.training
         self.eval()
@@ -451,6 +457,12 @@ class Transformer(Module):
         ln = "pre-LN" if cfg.norm_first else "post-LN"
         return (f"d_model={cfg.d_model}, n_head={cfg.n_head}, layers={cfg.n_encoder_layers}+"
                 f"{cfg.n_decoder_layers}, {ln}, shared={cfg.share_embeddings}")
+
+
+def _check_int(name: str, value, lo: int, hi: int | None = None, why: str = "") -> None:
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo
+            or (hi is not None and value > hi)):
+        raise ValueError(f"{name}={value!r}: expected an integer in [{lo}, {'inf' if hi is None else hi}]{why}")
 
 
 def _to_numpy(a) -> np.ndarray:
