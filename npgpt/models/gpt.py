@@ -61,19 +61,7 @@ class GPT(Module):
         loss is the mean cross-entropy. kv_caches (one KVCache per block, inference only): the
         positions of idx continue the cached ones.
         """
-        cfg = self.config
-        idx = check_ids("idx", idx, cfg.vocab_size, ndim=2)
-        B, T = idx.shape
-        offset = kv_caches[0].length if kv_caches else 0
-        if offset + T > cfg.block_size:
-            raise ValueError(f"idx has {offset + T} positions (with the cache): expected at most "
-                             f"block_size={cfg.block_size}")
-        tok = self.wte.forward(idx)                                   # (B, T, C)
-        pos = self.wpe.forward(T, offset)                             # (T, C)
-        x = self.drop.forward(tok + pos)
-        for i, block in enumerate(self.h):
-            x = block.forward(x, kv_cache=kv_caches[i] if kv_caches else None)
-        x = self.ln_f.forward(x)
+        x = self.forward_hidden(idx, kv_caches)                       # (B, T, C)
         logits = self._head(x)                                        # (B, T, V)
         loss = None
         if targets is not None:
@@ -94,11 +82,45 @@ class GPT(Module):
         else:
             check_array("dlogits", dlogits, dtype=self.wte.weight.dtype, ndim=3,
                         last_dim=self.config.vocab_size)
-        dx = self._head_backward(dlogits)                             # logits = ln_f(x) @ W_head
-        dx = self.ln_f.backward(dx)
-        for block in reversed(self.h):
-            dx = block.backward(dx)
-        dx = self.drop.backward(dx)                                   # x = dropout(tok + pos)
+        self.backward_hidden(self._head_backward(dlogits))            # logits = h @ W_head
+        return None
+
+    def forward_hidden(self, idx, kv_caches: list[KVCache] | None = None):
+        """idx: int (B, T) -> h: (B, T, C), the final hidden states: everything up to and
+        including ln_f, before the language-model head. What a classifier head reads."""
+        cfg = self.config
+        idx = check_ids("idx", idx, cfg.vocab_size, ndim=2)
+        B, T = idx.shape
+        offset = kv_caches[0].length if kv_caches else 0
+        if offset + T > cfg.block_size:
+            raise ValueError(f"idx has {offset + T} positions (with the cache): expected at most "
+                             f"block_size={cfg.block_size}")
+        tok = self.wte.forward(idx)                                   # (B, T, C)
+        pos = self.wpe.forward(T, offset)                             # (T, C)
+        x = self.drop.forward(tok + pos)
+        for i, block in enumerate(self.h):
+            x = block.forward(x, kv_cache=kv_caches[i] if kv_caches else None)
+        return self.ln_f.forward(x)
+
+    def backward_hidden(self, dh):
+        """The chain rule from dh (B, T, C), the gradient of forward_hidden's output, down to the
+        embeddings. Gradients are added into every trainable .grad; returns None.
+
+        The pass stops at the lowest block that holds a trainable parameter: below it nothing
+        would receive a gradient (frozen embeddings and blocks, as in fine-tuning the top layers
+        or LoRA on some blocks), so the backward of the blocks below is skipped, not just their
+        weight gradients.
+        """
+        check_array("dh", dh, dtype=self.ln_f.weight.dtype, ndim=3, last_dim=self.config.n_embd)
+        trains = lambda m: any(p.requires_grad for p in m.parameters())      # noqa: E731
+        lowest = 0 if trains(self.wte) or trains(self.wpe) else \
+            next((i for i, block in enumerate(self.h) if trains(block)), len(self.h))
+        dx = self.ln_f.backward(dh)                                   # h = ln_f(x_L)
+        for block in reversed(self.h[lowest:]):
+            dx = block.backward(dx)                                   # x_{i+1} = block_i(x_i)
+        if lowest > 0:
+            return None                                               # nothing below trains
+        dx = self.drop.backward(dx)                                   # x_0 = dropout(tok + pos)
         self.wpe.backward(dx)                                         # both addends get dx
         self.wte.backward(dx)
         return None
