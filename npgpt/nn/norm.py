@@ -41,8 +41,9 @@ def layernorm_forward(x, w, b=None, eps=1e-5):
     return y, LayerNormCache(x, w, mu, rstd, b is not None)
 
 
-def layernorm_backward(dout, cache: LayerNormCache):
-    """Gradients of layernorm_forward: (dx, dw, db); db is None without a bias.
+def layernorm_backward(dout, cache: LayerNormCache, need_dw: bool = True):
+    """Gradients of layernorm_forward: (dx, dw, db); db is None without a bias, and dw, db are
+    None with need_dw=False (frozen parameters: their reductions are skipped).
 
         forward: y = w * xhat + b       ->  dw = sum_rows(dy * xhat),  db = sum_rows(dy)
         forward: xhat = (x - mu) * rstd ->  with g = dy * w (the gradient of xhat):
@@ -52,12 +53,14 @@ def layernorm_backward(dout, cache: LayerNormCache):
     """
     fused = kernels.fused("layernorm_backward")
     if fused is not None:
-        return fused(dout, cache)
+        return fused(dout, cache, need_dw)
     x, w, mu, rstd, has_bias = cache
     xhat = (x - mu) * rstd
     g = dout * w
     dx = rstd * (g - g.mean(axis=-1, keepdims=True)
                  - xhat * np.mean(g * xhat, axis=-1, keepdims=True))
+    if not need_dw:
+        return dx, None, None
     C = x.shape[-1]
     dw = np.sum((dout * xhat).reshape(-1, C), axis=0)
     db = np.sum(dout.reshape(-1, C), axis=0) if has_bias else None
@@ -82,7 +85,8 @@ class LayerNorm(Module):
         return y
 
     def backward(self, dout):
-        dx, dw, db = layernorm_backward(dout, self._cache)
+        trainable = self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
+        dx, dw, db = layernorm_backward(dout, self._cache, need_dw=trainable)
         if self.weight.requires_grad:
             self.weight.grad += dw
         if db is not None and self.bias.requires_grad:
