@@ -560,9 +560,8 @@ ATTENTION = [
     md(r"""
     ## 1. Why divide by $\sqrt{D}$
 
-    Take a query $q$ and a key $k$ with independent entries of mean 0 and variance 1 (roughly what
-    LayerNorm'd activations through a well-initialised projection give). Their dot product is a sum
-    of $D$ independent terms $q_d k_d$, each of mean 0 and variance
+    Take a query $q$ and a key $k$ whose entries are independent, with mean 0 and variance 1. Their
+    dot product is a sum of $D$ independent terms $q_d k_d$, each of mean 0 and variance
     $\mathbb{E}[q_d^2]\,\mathbb{E}[k_d^2] = 1$, so
 
     $$
@@ -631,10 +630,11 @@ ATTENTION = [
     \qquad\Longrightarrow\qquad a_{ij} = \frac{e^{s_{ij}} \cdot [j \le i]}{\sum_{j' \le i} e^{s_{ij'}}} .
     $$
 
-    $e^{-\infty} = 0$ exactly, so a hidden key gets weight exactly 0 (a large negative constant
-    such as $-10^{10}$ would give a tiny but nonzero one, and breaks in float16), and the
-    softmax renormalises over the keys that remain. `reference.attention_mask` gives the boolean
-    mask, True where a query may **not** look:
+    $e^{-\infty} = 0$ exactly, so a hidden key gets weight exactly 0 whatever the scores are, and
+    the softmax renormalises over the keys that remain. (A large finite stand-in such as $-10^9$
+    works only while the scores stay far above it, and a row whose keys are all hidden then
+    silently attends to keys it must not see; section 5 shows what npgpt does with such a row.)
+    `reference.attention_mask` gives the boolean mask, True where a query may **not** look:
     """),
     code(r"""
     mask = reference.attention_mask(5, 5, causal=True, key_pad=None)
@@ -1006,8 +1006,8 @@ TRAINING = [
     is the sum of both.
 
     Before training anything, check the whole chain at once. The preset `"gradcheck"` is a GPT
-    small enough (2 layers, width 8, 1,912 parameters, float64) for the numerical gradient of
-    **every** parameter, with a random upstream gradient on the logits:
+    small enough (two layers of width 8, in float64) for the numerical gradient of **every**
+    parameter, with a random upstream gradient on the logits:
     """),
     code(r"""
     cfg = GPTConfig.preset("gradcheck")
@@ -1118,8 +1118,8 @@ TRAINING = [
     p \leftarrow p\,(1 - \eta\lambda) - \eta\, \frac{m / (1 - \beta_1^t)}{\sqrt{v / (1 - \beta_2^t)} + \epsilon} .
     $$
 
-    Each parameter moves by about $\eta$ per step whatever the scale of its gradient, which is why
-    one learning rate suits embeddings, LayerNorm gains and matrices alike.
+    Each parameter moves by roughly $\eta$ per step whatever the scale of its gradient, which is
+    why one learning rate suits embeddings, LayerNorm gains and matrices alike.
     """),
     code(r"""
     opt = AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -71,7 +72,8 @@ def test_notebook_runs(path, kernel_env):
     try:
         client.execute(env=kernel_env)
     except nbclient.exceptions.CellExecutionError as e:
-        pytest.fail(f"{path.name}: a cell raised\n{e}", pytrace=False)
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", str(e))          # the traceback without colours
+        pytest.fail(f"{path.name}: a cell raised\n{plain}", pytrace=False)
 
 
 def test_there_are_notebooks():
