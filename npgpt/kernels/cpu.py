@@ -367,8 +367,10 @@ def _exp_nonpos_impl(x):
 # ---------------------------------------------------------------------------------------------
 
 # Block sizes (query rows x keys), measured by benchmarks/bench_attention.py: see attention_forward.
-ATTN_BR = 64
-ATTN_BC = 64
+ATTN_BR = 64          # forward: queries per block
+ATTN_BC = 64          # forward: keys per block
+ATTN_BWD_BR = 64      # backward: queries per block
+ATTN_BWD_BC = 64      # backward: keys per block (and rows of the P^T, dS^T strips)
 # Below this many keys, attention_forward takes batched BLAS products around a Numba softmax
 # instead of the fused kernel: measured faster there (see attention_forward).
 ATTN_FUSED_FROM_TK = 256
@@ -390,6 +392,24 @@ class FlashAttentionCache(NamedTuple):
 def _visible(i, Tq, Tk, causal, nkeys):
     """How many of the first keys query i may see: all, or (causal) keys j <= i + (Tk - Tq)."""
     return min(nkeys, i + (Tk - Tq) + 1) if causal else nkeys
+
+
+@njit(cache=True)
+def _row_length(n, itemsize):
+    """A row length >= n whose byte stride is not a multiple of 512: rows 4 KiB apart (T = 1024
+    float32) all fall in the same L1 cache sets and evict each other; one cache line more avoids it."""
+    return n + 64 // itemsize if (n * itemsize) % 512 == 0 else n
+
+
+@njit(fastmath=_FM, cache=True)
+def _transposed(x):
+    """x^T packed into a new array (S, R') whose first R columns are used (R' = _row_length(R))."""
+    R, S = x.shape
+    y = np.empty((S, _row_length(R, x.itemsize)), dtype=x.dtype)
+    for r in range(R):
+        for c in range(S):
+            y[c, r] = x[r, c]
+    return y
 
 
 @njit(fastmath=_FM, cache=True)
@@ -468,17 +488,6 @@ def _flash_forward(q, k, v, key_bias, causal, scale, out, lse, br, bc):
                             out[b, h], lse[b, h], br, bc)
 
 
-@njit(fastmath=_FM, cache=True)
-def _transposed(x):
-    """x^T as a new C-contiguous array (a per-head pack, linear in its size)."""
-    R, S = x.shape
-    y = np.empty((S, R), dtype=x.dtype)
-    for r in range(R):
-        for c in range(S):
-            y[c, r] = x[r, c]
-    return y
-
-
 @njit(fastmath={"contract"}, cache=True)
 def _dot_in_order(a, b):
     """A dot product summed strictly left to right, in the order `_ab` sums dP = dO V^T: where a
@@ -512,8 +521,8 @@ def _flash_backward_head(q, k, v, out, dout, lse, bias, causal, scale, dq, dk, d
         delta[i] = _dot_in_order(dout[i], out[i])
     p = np.empty((br, bc), dtype=q.dtype)    # P_ij of one block
     ds = np.empty((br, bc), dtype=q.dtype)   # dP_ij, then dS_ij in place
-    pt = np.empty((bc, Tq), dtype=q.dtype)   # P_:j^T for every query: the strip of key block j
-    dst = np.empty((bc, Tq), dtype=q.dtype)  # dS_:j^T likewise
+    pt = np.empty((bc, _row_length(Tq, q.itemsize)), dtype=q.dtype)    # P_:j^T for every query:
+    dst = np.empty((bc, _row_length(Tq, q.itemsize)), dtype=q.dtype)   # the strip of key block j; dS^T
     dq[:] = 0
     # for each key block K_j, V_j = k[j0:j1], v[j0:j1]
     for j0 in range(0, Tk, bc):
@@ -722,7 +731,7 @@ def attention_backward(dout, cache):
     dv = np.empty_like(v)
     if q.size and k.size:
         _flash_backward(q, k, v, out, dout, lse, key_bias, causal, scale, dq, dk, dv,
-                        ATTN_BR, ATTN_BC)
+                        ATTN_BWD_BR, ATTN_BWD_BC)
     else:
         dq[:] = 0
         dk[:] = 0
