@@ -855,10 +855,12 @@ ATTENTION = [
     C, n_head, T = 8, 2, 5
     x = rng.standard_normal((2, T, C))
 
-    def spread(std):
+    def spread(std):                  # how far the layer's attention is from uniform, 1/T
         m = nn.MultiHeadAttention(C, n_head, causal=False, dtype="float64", rng=np.random.default_rng(2), std=std)
-        m.forward(x)
-        return np.abs(m._cache.att - 1 / T).max()           # the kernel's cache: att vs uniform 1/T
+        q, k, _ = np.split(x @ m.c_attn.weight.data + m.c_attn.bias.data, 3, axis=-1)
+        q, k = nn.split_heads(q, n_head), nn.split_heads(k, n_head)          # (B, H, T, D)
+        att, _ = nn.softmax_forward(q @ k.transpose(0, 1, 3, 2) / np.sqrt(C // n_head))
+        return np.abs(att - 1 / T).max()
     print(f"largest |att - 1/T|: std 0.02 -> {spread(0.02):.1e},  std 0.5 -> {spread(0.5):.2f}")
 
     pad = np.zeros((2, T), dtype=bool)
