@@ -203,8 +203,13 @@ class Checkpoint:
         cls_name = type(model).__name__
         if self.meta.get("model") != cls_name:
             raise ValueError(f"{where} holds a {self.meta.get('model')!r} model: expected {cls_name!r}")
-        saved = self.config.to_dict()
-        ours = model.config.to_dict()
+        saved = self.meta.get("config")
+        ours = model.config.to_dict() if hasattr(model, "config") else None
+        if saved is None or ours is None:
+            if saved != ours:
+                raise ValueError(f"{where} was saved {'with' if ours is None else 'without'} a model "
+                                 f"config, the model has {'none' if ours is None else 'one'}")
+            saved = ours = {}
         diff = [f"{k}={saved[k]!r} (the model has {ours[k]!r})" for k in saved
                 if k not in FREE_FIELDS and saved[k] != ours[k]]
         if diff:
@@ -220,6 +225,9 @@ def save(path, model: Module, optimizer=None, **meta) -> Path:
     """Write model (parameters, config, dropout generator states), optionally the optimizer's
     state, and the JSON-serialisable entries of meta to one safetensors file, atomically.
 
+    model: any Module; its .config (a GPTConfig, TransformerConfig, ...: anything with to_dict)
+    is saved when it has one, and only GPT and Transformer checkpoints can build_model().
+
     Returns the path. meta keys "model", "config", "optimizer", "rng" are reserved.
     """
     from safetensors.numpy import save as st_save
@@ -227,11 +235,9 @@ def save(path, model: Module, optimizer=None, **meta) -> Path:
     reserved = sorted({"model", "config", "optimizer", "rng"} & set(meta))
     if reserved:
         raise ValueError(f"save: meta keys {reserved} are reserved: expected other names")
-    if not hasattr(model, "config"):
-        raise TypeError(f"save: model is a {type(model).__name__} without a .config: expected a "
-                        f"GPT or Transformer")
     arrays = {f"model.{k}": np.ascontiguousarray(v) for k, v in model.state_dict().items()}
-    header = {"model": type(model).__name__, "config": model.config.to_dict(),
+    config = model.config.to_dict() if hasattr(model, "config") else None
+    header = {"model": type(model).__name__, "config": config,
               "rng": rng_states(model), **meta}
     if optimizer is not None:
         plain = {"type": type(optimizer).__name__}
@@ -280,7 +286,8 @@ def load(path) -> Checkpoint:
         opt_state.update({k[len("optimizer."):]: v for k, v in arrays.items()
                           if k.startswith("optimizer.")})
     ckpt = Checkpoint(path, meta, model_state, opt_state)
-    ckpt.config        # fails now, naming the file, if the config is not one we can build
+    if meta.get("model") in MODELS:
+        ckpt.config    # fails now, naming the file, if the config is not one we can build
     return ckpt
 
 

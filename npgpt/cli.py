@@ -36,7 +36,141 @@ def run_gradcheck(args) -> int:
     return 1 if failed else 0
 
 
-COMMANDS = [add_gradcheck]
+# -- train -------------------------------------------------------------------------------------
+
+# flag -> (type, help); the defaults are TrainConfig's (npgpt/train.py), shown by --help
+_TRAIN_FLAGS = {
+    "data": (str, "a UTF-8 text file to train on (default: the built-in corpus, Python's docs)"),
+    "tokenizer": (str, "char: one id per character; bpe: byte-level BPE trained on the data"),
+    "vocab_size": (int, "vocabulary size of the BPE tokenizer"),
+    "val_fraction": (float, "the last part of the text held out for the validation loss"),
+    "preset": (str, "model preset (GPTConfig.preset); the size flags below override it"),
+    "n_layer": (int, "Transformer blocks"),
+    "n_head": (int, "attention heads per block"),
+    "n_embd": (int, "width of the residual stream"),
+    "block_size": (int, "context length in tokens"),
+    "dropout": (float, "dropout probability"),
+    "dtype": (str, "float32 or float64"),
+    "max_iters": (int, "optimisation steps"),
+    "batch_size": (int, "sequences per step"),
+    "lr": (float, "peak learning rate (AdamW)"),
+    "min_lr": (float, "learning rate at the end of the cosine decay"),
+    "warmup": (int, "steps of linear warmup"),
+    "weight_decay": (float, "AdamW weight decay (matrices only)"),
+    "beta1": (float, "AdamW beta1"),
+    "beta2": (float, "AdamW beta2"),
+    "grad_clip": (float, "max global gradient norm (0: no clipping)"),
+    "eval_interval": (int, "steps between validation losses"),
+    "eval_iters": (int, "validation batches per validation loss"),
+    "checkpoint_interval": (int, "steps between checkpoints"),
+    "seed": (int, "seed of the initialisation, batches and dropout"),
+    "out": (str, "folder for ckpt.safetensors and log.jsonl"),
+    "backend": (str, "kernel backend: numpy or numba (default: NPGPT_BACKEND or the fastest)"),
+    "sample_tokens": (int, "tokens to sample and print at the end (0: none)"),
+}
+
+
+def add_train(sub):
+    import dataclasses
+
+    from .train import TrainConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    p = sub.add_parser("train", help="pre-train a GPT on a text file (default: a small char-level model)",
+                       description="Pre-train a GPT with AdamW (linear warmup, cosine decay), logging "
+                                   "every step to OUT/log.jsonl and checkpointing to "
+                                   "OUT/ckpt.safetensors. With no arguments: a small char-level "
+                                   "model on the built-in corpus, in a few minutes, then a sample. "
+                                   "Ctrl-C saves a checkpoint; --resume continues it exactly.")
+    for name, (type_, help_) in _TRAIN_FLAGS.items():
+        default = defaults[name]
+        shown = "the built-in corpus" if name == "data" else ("the preset's" if default is None else default)
+        p.add_argument("--" + name.replace("_", "-"), type=type_, default=argparse.SUPPRESS,
+                       help=f"{help_} (default: {shown})")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint, with its saved settings "
+                        "(only --max-iters, intervals, --backend, --sample-tokens may change)")
+    p.set_defaults(run=run_train)
+
+
+def run_train(args) -> int:
+    from .train import TrainConfig, TrainingDiverged, resume_config, train
+
+    flags = {k: v for k, v in vars(args).items() if k in _TRAIN_FLAGS}
+    try:
+        if args.resume:
+            cfg = resume_config(flags.get("out", TrainConfig.out), flags)
+        else:
+            cfg = TrainConfig(**flags)
+        result = train(cfg, resume=args.resume, progress=None)
+    except TrainingDiverged as e:
+        print(f"npgpt train: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, OSError, RuntimeError) as e:
+        print(f"npgpt train: error: {e}", file=sys.stderr)
+        return 2
+    return 130 if result.interrupted else 0
+
+
+# -- sample ------------------------------------------------------------------------------------
+
+def add_sample(sub):
+    p = sub.add_parser("sample", help="generate text from a checkpoint or a GPT-2 folder",
+                       description="Continue a prompt with a trained GPT: an npgpt checkpoint "
+                                   "(default: out/ckpt.safetensors) or a local Hugging Face GPT-2 "
+                                   "folder (--gpt2). The text is printed as it is generated.")
+    p.add_argument("--checkpoint", default=None,
+                   help="an npgpt checkpoint, or a run folder holding ckpt.safetensors "
+                        "(default: out/ckpt.safetensors)")
+    p.add_argument("--gpt2", default=None, metavar="FOLDER",
+                   help="a Hugging Face GPT-2 folder: config.json, model.safetensors, vocab.json, merges.txt")
+    p.add_argument("--prompt", default=None,
+                   help="the text to continue (default: a newline, or <|endoftext|> for BPE)")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default: 200)")
+    p.add_argument("--temperature", type=float, default=0.8,
+                   help="softmax temperature; 0 is greedy (default: 0.8)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="sample among the most likely tokens whose probability adds up to p (nucleus)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
+    p.add_argument("--num-samples", type=int, default=1, help="independent samples (default: 1)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="recompute every position at each step instead of using the KV cache")
+    p.add_argument("--no-window", action="store_true",
+                   help="stop at block_size tokens instead of sliding the context window")
+    p.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                   help="compute in this dtype (default: the checkpoint's; float32 for --gpt2)")
+    p.add_argument("--backend", default=None, help="kernel backend: numpy or numba")
+    p.set_defaults(run=run_sample)
+
+
+def run_sample(args) -> int:
+    from . import kernels
+    from .sample import default_prompt, generate_text, load_model
+
+    try:
+        if args.checkpoint is not None and args.gpt2 is not None:
+            raise ValueError("--checkpoint and --gpt2 both given: expected one model")
+        if args.backend is not None:
+            kernels.use_backend(args.backend)
+        if args.gpt2 is not None:
+            model, tok = load_model(gpt2=args.gpt2, dtype=args.dtype)
+        else:
+            model, tok = load_model(checkpoint=args.checkpoint or "out/ckpt.safetensors", dtype=args.dtype)
+        prompt = args.prompt if args.prompt is not None else default_prompt(tok)
+        generate_text(model, tok, prompt, args.max_new_tokens, temperature=args.temperature,
+                      top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                      use_cache=not args.no_cache, window=not args.no_window,
+                      num_samples=args.num_samples,
+                      stream=lambda s: print(s, end="", flush=True))
+        print()
+    except (ValueError, TypeError, OSError, RuntimeError) as e:
+        print(f"npgpt sample: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+COMMANDS = [add_gradcheck, add_train, add_sample]
 
 
 def build_parser() -> argparse.ArgumentParser:

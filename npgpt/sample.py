@@ -1,0 +1,131 @@
+"""Sampling text from a trained GPT: the glue between a checkpoint, a tokenizer and GPT.generate.
+
+    model, tok = load_model("out/ckpt.safetensors")      # or load_model(gpt2="path/to/gpt2")
+    texts = generate_text(model, tok, "def ", max_new_tokens=200, temperature=0.8, top_k=40,
+                          seed=0, stream=print)
+
+GPT.generate does the sampling (greedy at temperature 0; temperature, top-k, top-p; the KV
+cache; the sliding window past block_size). This module tokenizes the prompt (naming any
+character the tokenizer does not know), decodes, and streams: generation runs in chunks of
+STREAM_CHUNK tokens that share one random Generator, so the streamed text is the same text one
+call of generate would give, printed as it grows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+STREAM_CHUNK = 16     # tokens per generate call while streaming (each call refills the KV cache once)
+SAMPLE_SEPARATOR = "\n---\n"   # between samples when num_samples > 1
+
+
+def load_model(checkpoint=None, gpt2=None, dtype: str | None = None):
+    """(model, tokenizer) from an npgpt checkpoint file, or from a local Hugging Face GPT-2
+    folder (config.json, model.safetensors, vocab.json, merges.txt). Exactly one of the two."""
+    from . import checkpoint as ckpt_io
+    from .tokenizers import BPETokenizer, tokenizer_from_dict
+
+    if (checkpoint is None) == (gpt2 is None):
+        raise ValueError("load_model: pass exactly one of checkpoint (an npgpt checkpoint file) "
+                         "and gpt2 (a Hugging Face GPT-2 folder)")
+    if gpt2 is not None:
+        model = ckpt_io.load_gpt2(gpt2, dtype=dtype or "float32")
+        folder = Path(gpt2)
+        if not (folder / "vocab.json").is_file() or not (folder / "merges.txt").is_file():
+            raise FileNotFoundError(f"GPT-2 folder {str(folder)!r} has no vocab.json and merges.txt: "
+                                    f"expected GPT-2's tokenizer files beside the weights")
+        tok = BPETokenizer.from_pretrained(folder)
+    else:
+        path = Path(checkpoint)
+        if path.is_dir():                    # a run's folder: its checkpoint
+            path = path / "ckpt.safetensors"
+        ck = ckpt_io.load(path)
+        if "tokenizer" not in ck.meta:
+            raise ValueError(f"checkpoint {str(path)!r} holds no tokenizer: expected one saved by "
+                             f"`npgpt train` (or pass tokenizer=... to save)")
+        model = ck.build_model(dtype=dtype)
+        tok = tokenizer_from_dict(ck.meta["tokenizer"])
+    if tok.vocab_size > model.config.vocab_size:
+        raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model only "
+                         f"{model.config.vocab_size}: expected them to belong together")
+    model.eval()
+    return model, tok
+
+
+def default_prompt(tokenizer) -> str:
+    """What to start from when no prompt is given: GPT-2's <|endoftext|> (the start of a
+    document), or a newline for a character tokenizer (the first character if it has none)."""
+    specials = getattr(tokenizer, "special_tokens", None)
+    if specials:
+        return specials[0]
+    chars = getattr(tokenizer, "chars", None)
+    if chars is not None and "\n" not in chars:
+        return chars[0]
+    return "\n"
+
+
+def encode_prompt(tokenizer, prompt: str) -> np.ndarray:
+    """The prompt's token ids (int64); an empty prompt, or a character the tokenizer does not
+    know, raises ValueError saying which and where."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt is a {type(prompt).__name__}: expected a str")
+    if not prompt:
+        raise ValueError("prompt is empty: expected at least one character to continue "
+                         "(leave it out to start from the default prompt)")
+    try:
+        ids = tokenizer.encode(prompt)
+    except ValueError as e:
+        raise ValueError(f"prompt {prompt[:60]!r}{'...' if len(prompt) > 60 else ''}: {e}") from None
+    return np.asarray(ids, dtype=np.int64)
+
+
+def generate_text(model, tokenizer, prompt: str, max_new_tokens: int, temperature: float = 1.0,
+                  top_k: int | None = None, top_p: float | None = None, seed: int | None = 0,
+                  use_cache: bool = True, window: bool = True, num_samples: int = 1,
+                  stream: Callable[[str], object] | None = None) -> list[str]:
+    """num_samples continuations of prompt (each the prompt followed by its new text).
+
+    The arguments after max_new_tokens are GPT.generate's. The samples are drawn together as one
+    batch from one Generator seeded by seed. stream: called with each new piece of text as it is
+    made (the prompt first), sample after sample when num_samples > 1 (which are then made whole
+    before streaming).
+    """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise ValueError(f"num_samples={num_samples!r}, expected a positive integer")
+    ids = encode_prompt(tokenizer, prompt)
+    if not window and len(ids) > model.config.block_size:
+        raise ValueError(f"the prompt is {len(ids)} tokens long: expected at most block_size="
+                         f"{model.config.block_size} without the sliding window (or allow the "
+                         f"window: it keeps the last block_size tokens)")
+    batch = np.repeat(ids[None], num_samples, axis=0)                    # (num_samples, T)
+    rng = np.random.default_rng(seed)     # passed as generate's seed: every chunk continues it
+    kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, use_cache=use_cache, window=window)
+    if stream is None or num_samples > 1:
+        out = model.generate(batch, max_new_tokens, seed=rng, **kw)
+        texts = [tokenizer.decode(row) for row in out]
+        if stream is not None:
+            for i, text in enumerate(texts):
+                stream(text if i == 0 else SAMPLE_SEPARATOR + text)
+        return texts
+    shown = tokenizer.decode(ids)
+    stream(shown)
+    out, left = batch, max_new_tokens
+    while left > 0:
+        n = min(STREAM_CHUNK, left)
+        longer = model.generate(out, n, seed=rng, **kw)
+        if longer.shape[1] == out.shape[1]:          # nothing more (window=False at block_size)
+            break
+        out, left = longer, left - n
+        text = tokenizer.decode(out[0])
+        # hold back a trailing partial UTF-8 character (decoded as U+FFFD) until it completes
+        stable = text.rstrip("\ufffd") if left > 0 else text
+        if stable.startswith(shown):
+            stream(stable[len(shown):])
+            shown = stable
+    text = tokenizer.decode(out[0])
+    if text != shown and text.startswith(shown):
+        stream(text[len(shown):])
+    return [text]
