@@ -346,8 +346,8 @@ def _exp_nonpos_impl(x):
 
     def exp32(x):
         lo = np.float32(-87.33654)
-        xc = max(x, lo)
-        n = math.floor(xc * np.float32(1.442695041) + np.float32(0.5))          # round(x / ln 2)
+        xc = x if x > lo else lo
+        n = np.floor(xc * np.float32(1.442695041) + np.float32(0.5))            # round(x / ln 2)
         r = xc - n * np.float32(0.693359375) + n * np.float32(2.12194440e-4)    # x - n ln 2 (two parts)
         p = np.float32(1.0 / 5040)
         p = p * r + np.float32(1.0 / 720)
@@ -373,7 +373,7 @@ ATTN_BWD_BR = 64      # backward: queries per block
 ATTN_BWD_BC = 64      # backward: keys per block (and rows of the P^T, dS^T strips)
 # Below this many keys, attention_forward takes batched BLAS products around a Numba softmax
 # instead of the fused kernel: measured faster there (see attention_forward).
-ATTN_FUSED_FROM_TK = 256
+ATTN_FUSED_FROM_TK = 96
 
 
 class FlashAttentionCache(NamedTuple):
@@ -611,11 +611,14 @@ def _softmax_head(s, bias, causal, scale):
         s[i, nv:] = 0
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def _softmax_heads(s, key_bias, causal, scale):
+    """On the calling thread, on purpose: OpenBLAS's worker threads spin for a while after each
+    product, and a parallel softmax right after one waits for the core they hold (measured 2x
+    slower at T = 128 than this serial loop, never faster at the short T this path serves)."""
     B, H = s.shape[0], s.shape[1]
-    # for each (batch, head), in parallel
-    for t in prange(B * H):
+    # for each (batch, head)
+    for t in range(B * H):
         _softmax_head(s[t // H, t % H], key_bias[t // H], causal, scale)
 
 
@@ -629,11 +632,11 @@ def _softmax_backward_head(att, datt, scale):
             datt[i, c] = att[i, c] * (datt[i, c] - dot) * dt(scale)
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def _softmax_backward_heads(att, datt, scale):
     B, H = att.shape[0], att.shape[1]
-    # for each (batch, head), in parallel
-    for t in prange(B * H):
+    # for each (batch, head), on the calling thread (see _softmax_heads)
+    for t in range(B * H):
         _softmax_backward_head(att[t // H, t % H], datt[t // H, t % H], scale)
 
 
