@@ -31,11 +31,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import kernels
-from .models.gpt import GPT
-from .nn import CrossEntropyLoss, Linear, Module, Parameter
-from .nn.dropout import dropout_backward, dropout_forward
-from .nn.validate import check_array, check_ids
+from .. import kernels
+from ..models.gpt import GPT
+from ..nn import CrossEntropyLoss, Linear, Module, Parameter
+from ..nn.dropout import dropout_backward, dropout_forward
+from ..nn.validate import check_array, check_ids
 
 __all__ = ["freeze", "unfreeze", "freeze_blocks", "LoRALinear", "lora_forward", "lora_backward",
            "add_lora", "merge_lora", "lora_state_dict", "load_lora_state_dict", "save_lora",
@@ -732,7 +732,7 @@ def shuffled_words_task(seed: int = 0, test_fraction: float = 0.2, min_words: in
         raise ValueError(f"min_words={min_words!r}, max_words={max_words!r}: expected "
                          f"2 <= min_words <= max_words")
     if text is None:
-        from .data import default_corpus
+        from ..data import default_corpus
         text = default_corpus()
     rng = np.random.default_rng(seed)
     sents = [s for s in _sentences(text, min_words, max_words) if len(set(s.split())) > 1]
