@@ -10,18 +10,28 @@ is tested equal to it (tests/kernels/test_cpu_kernels.py). What is here, and why
     erf(x)                     math.erf over all cores, instead of one Python call per element
     warmup(dtypes)             compiles every kernel now and says how long each took
 
-One idea runs through all the products here: each is written as C = A @ B^T with the rows of A
-and of B contiguous along the summed index, so the innermost loop is a dot product of two
-contiguous rows, which LLVM turns into SIMD multiply-adds (see `_tile4x4`). Where an operand is
-laid out the other way, it is first copied transposed ("packed"), at a cost linear in its size.
+Two loop orders for a product, each where it wins (the surprise a reader should take away):
+    `_abt`  C = A @ B^T with rows of A and of B contiguous along the summed index: the inner loop
+            is a dot product, and a 4 x 4 tile of C stays in registers (`_tile4x4`). It wins for
+            long sums (the GEMM; attention's dV, dK summed over all queries).
+    `_ab`   C = A @ B, the inner loop along a row of C and of B ("axpy"): no sums across SIMD
+            lanes at the end, but C's rows go through L1 at every step. It wins for short sums
+            (attention's head size, a 64-key block): 45 vs 28 GFLOP/s on one core at 64^3.
+Where an operand is laid out the other way it is first copied transposed ("packed"), at a cost
+linear in its size.
 
-Threads. Numba's parallel loops run on OpenMP ("omp" threading layer) here; numpy's BLAS
+Threads. Numba's parallel loops run on OpenMP (the "omp" threading layer) here; numpy's BLAS
 (OpenBLAS) keeps its own threads. On a 2-core machine each pool's idle threads spin while the
-other works, which measured 3x slower for attention's mix of BLAS and Numba calls. The fix is set
-below, before Numba starts its threads: OMP_WAIT_POLICY=PASSIVE (idle OpenMP threads sleep).
-It is `os.environ.setdefault`, so a value the user exported wins. PyTorch ships its own OpenMP
-runtime, which reads the environment when torch is imported: a benchmark that imports torch
-before npgpt leaves torch's threads as torch sets them (benchmarks/common.py does so).
+other works: an earlier measurement found attention's mix of BLAS and Numba calls 3x slower.
+Set below, before Numba starts its threads: OMP_WAIT_POLICY=PASSIVE (idle OpenMP threads sleep
+at once). It is `os.environ.setdefault`, so a value the user exported wins (NUMBA_THREADING_LAYER
+=workqueue is the other fix; conftest.py sets PASSIVE for the tests too). OpenBLAS's own workers
+still spin for a while after each product, which no setting made from here can change (it is read
+when numpy loads OpenBLAS; OPENBLAS_THREAD_TIMEOUT=4 measured far worse): so the short-sequence
+attention path runs its softmax on the calling thread, and a Numba kernel launched right after a
+large BLAS product can lose a core for a few milliseconds. PyTorch ships its own OpenMP runtime,
+which reads the environment when torch is imported: benchmarks/common.py imports torch before
+npgpt, so torch keeps the settings it would have on its own.
 """
 
 from __future__ import annotations

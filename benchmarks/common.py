@@ -1,0 +1,168 @@
+"""Shared benchmark utilities: timing by medians, the environment printed, results written.
+
+Import this module first in a benchmark script: it imports torch (when installed) before npgpt,
+so that torch's OpenMP runtime reads the environment as the user left it, before
+npgpt.kernels.cpu sets OMP_WAIT_POLICY=PASSIVE for Numba's threads. Each library thus runs with
+the thread settings it would have on its own; only the thread *count* is made equal
+(torch.set_num_threads(numba.get_num_threads())).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+try:                                 # before npgpt: see the module docstring
+    import torch
+except ImportError:                  # torch is an optional peer
+    torch = None
+
+import numpy as np  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def time_call(fn, repeats: int = 7, min_seconds: float = 0.0) -> dict:
+    """Time fn(): the first call apart (compile, caches), then `repeats` calls; report the median.
+
+    With min_seconds > 0 more calls are made until that much time was spent (at most 100), so that
+    fast calls get more samples. Returns seconds: {"first", "median", "min", "max", "n"}.
+    """
+    t = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t
+    samples: list[float] = []
+    spent = 0.0
+    while len(samples) < repeats or (spent < min_seconds and len(samples) < 100):
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+        spent += samples[-1]
+    return {"first": first, "median": statistics.median(samples), "min": min(samples),
+            "max": max(samples), "n": len(samples)}
+
+
+def wait_for_quiet(max_load: float = 1.0, timeout: float = 0.0, poll: float = 10.0) -> float:
+    """On a shared machine: wait up to `timeout` seconds for the 1-minute load average to fall
+    below max_load, and return it (timings under load are noisy: the results record it)."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    deadline = time.monotonic() + timeout
+    while load >= max_load and time.monotonic() < deadline:
+        print(f"  load average {load:.2f} >= {max_load}: waiting for a quieter machine", flush=True)
+        time.sleep(poll)
+        load = os.getloadavg()[0]
+    return load
+
+
+def blas_info() -> str:
+    """The BLAS numpy is linked to, with its version (threadpoolctl's view when installed)."""
+    try:
+        from threadpoolctl import threadpool_info
+        libs = [f"{d['internal_api']} {d['version']} ({d['num_threads']} threads)"
+                for d in threadpool_info() if d.get("user_api") == "blas"]
+        if libs:
+            return ", ".join(libs)
+    except ImportError:
+        pass
+    try:
+        config = np.show_config(mode="dicts")
+        blas = config["Build Dependencies"]["blas"]
+        return f"{blas.get('name')} {blas.get('version')}"
+    except Exception as e:           # the layout of show_config changes between numpy versions
+        return f"unknown ({type(e).__name__})"
+
+
+def environment() -> dict:
+    """What the numbers depend on: machine, versions, thread counts and settings."""
+    import numba
+
+    from npgpt.kernels import cpu
+
+    cpu.warmup(("float32",))                       # starts Numba's threading layer
+    env = {
+        "machine": platform.processor() or platform.machine(),
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "numba_threads": numba.get_num_threads(),
+        "numba_threading_layer": numba.threading_layer(),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        "blas": blas_info(),
+        "torch": torch.__version__ if torch is not None else None,
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    return env
+
+
+def match_torch_threads() -> None:
+    """Give torch the thread count Numba uses, so the two compare on the same cores."""
+    if torch is not None:
+        import numba
+        torch.set_num_threads(numba.get_num_threads())
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def print_environment(env: dict) -> None:
+    for key, value in env.items():
+        print(f"  {key:22s} {value}")
+
+
+def markdown_table(columns: list[str], rows: list[dict], formats: dict | None = None) -> str:
+    """A markdown table of rows (dicts) in the given column order; formats: {column: '{:.1f}'}."""
+    formats = formats or {}
+
+    def cell(row, col):
+        value = row.get(col)
+        if value is None:
+            return "–"
+        return formats[col].format(value) if col in formats else str(value)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r, c) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_results(name: str, title: str, env: dict, table: str, rows: list[dict],
+                  notes: str = "") -> tuple[Path, Path]:
+    """Write results/<name>.md (title, notes, table, environment) and results/<name>.json."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    md = RESULTS / f"{name}.md"
+    js = RESULTS / f"{name}.json"
+    env_lines = "\n".join(f"- {k}: {v}" for k, v in env.items())
+    md.write_text(f"# {title}\n\n{notes.strip()}\n\n{table}\n\nEnvironment "
+                  f"(written by `python benchmarks/{name_of_script()}`, "
+                  f"{time.strftime('%Y-%m-%d %H:%M')}):\n\n{env_lines}\n")
+    js.write_text(json.dumps({"title": title, "environment": env, "rows": rows}, indent=1) + "\n")
+    return md, js
+
+
+def name_of_script() -> str:
+    return Path(sys.argv[0]).name
+
+
+def pyplot():
+    """matplotlib.pyplot with a file-only backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        return plt
+    except ImportError:
+        print("  (matplotlib is not installed: no plot)")
+        return None
