@@ -18,6 +18,7 @@ Memory, two ways:
                   all three (it sees Numba's and torch's native allocations), includes the outputs
     tracemalloc   Python-level allocations only (numpy arrays made from Python): exact for the
                   reference, blind to arrays Numba allocates inside a kernel and to torch
+And, for the fused kernel and torch, the CPU time of one call with both on one thread.
 Writes results/attention.md, attention.json and attention.png.
 """
 
@@ -118,6 +119,28 @@ def traced_peak(impl: str, T: int) -> int:
         tracemalloc.stop()
 
 
+def one_thread_cpu_ms(impl: str, T: int, repeats: int) -> float:
+    """Median CPU time (time.process_time) of one forward+backward on one thread: the work each
+    implementation does, as other processes on a shared machine cannot inflate it."""
+    import numba
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    if torch is not None:
+        torch.set_num_threads(1)
+    try:
+        step = make_step(impl, T)
+        step()
+        samples = []
+        for _ in range(repeats):
+            t = time.process_time()
+            step()
+            samples.append(time.process_time() - t)
+        return float(np.median(samples)) * 1e3
+    finally:
+        numba.set_num_threads(threads)
+        common.match_torch_threads()
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--T", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
@@ -149,6 +172,10 @@ def main(argv=None) -> None:
         row["numba ms"] = row["numba fused ms"] if T >= cpu.ATTN_FUSED_FROM_TK else row["numba blas ms"]
         if torch is not None:
             row["numba / torch"] = row["numba ms"] / row["torch ms"]
+            for impl in ("numba fused", "torch"):
+                row[f"{impl} 1-thread CPU ms"] = one_thread_cpu_ms(impl, T, args.repeats)
+            row["fused / torch (1-thread CPU)"] = (row["numba fused 1-thread CPU ms"]
+                                                   / row["torch 1-thread CPU ms"])
         if not args.no_memory:
             for impl in impls:
                 row[f"{impl} peak RSS MiB"] = (lambda b: None if b is None else b / 2**20)(peak_rss(impl, T))
@@ -158,12 +185,15 @@ def main(argv=None) -> None:
         print("  T=%5d  " % T + "  ".join(f"{i}: {row[f'{i} ms']:8.1f} ms" for i in impls), flush=True)
 
     columns = ["T"] + [f"{i} ms" for i in impls] + ["numba ms"]
-    columns += ["numba / torch"] if torch is not None else []
+    if torch is not None:
+        columns += ["numba / torch", "numba fused 1-thread CPU ms", "torch 1-thread CPU ms",
+                    "fused / torch (1-thread CPU)"]
     if not args.no_memory:
         columns += [f"{i} peak RSS MiB" for i in impls] + ["numpy tracemalloc MiB",
                                                             "numba fused tracemalloc MiB"]
     formats = {c: "{:.1f}" for c in columns if c != "T"}
     formats["numba / torch"] = "{:.2f}"
+    formats["fused / torch (1-thread CPU)"] = "{:.2f}"
     notes = f"""
 One forward plus one backward of causal self-attention, float32, B={B}, H={H}, D={D}; median of
 at least {args.repeats} calls after a first (compile) call. "numba" is what
@@ -171,7 +201,9 @@ at least {args.repeats} calls after a first (compile) call. "numba" is what
 below T = {cpu.ATTN_FUSED_FROM_TK} keys, the fused FlashAttention kernel from there on. Peak RSS:
 resident memory sampled every 0.5 ms during one call, minus before, in a fresh subprocess;
 tracemalloc: Python-level allocations only (blind to Numba's in-kernel arrays and to torch).
-The machine is shared with other work: treat differences under ~10% as noise.
+"1-thread CPU ms": CPU time of one call with Numba and torch both on one thread, which other
+processes on the shared machine cannot inflate (wall times can: the load average is recorded
+below).
 """
     md, js = common.write_results("attention", "Attention forward + backward", env,
                                   common.markdown_table(columns, rows, formats), rows, notes)

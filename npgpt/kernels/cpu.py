@@ -238,11 +238,11 @@ def _packed_rows(x: np.ndarray, transpose: bool) -> np.ndarray:
     y = x.T if transpose else x
     if y.flags.c_contiguous:
         return y
-    if x.flags.c_contiguous and transpose:
+    if y.T.flags.c_contiguous:                     # y is a transposed view: a blocked parallel copy
         out = np.empty(y.shape, dtype=x.dtype)
-        _transpose(x, out)
+        _transpose(y.T, out)
         return out
-    return np.ascontiguousarray(y)
+    return np.ascontiguousarray(y)                 # any other strides: numpy's copy
 
 
 def _check_matmul(a, b) -> None:
