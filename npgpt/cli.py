@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .seq2seq import add_seq2seq
+
 
 def add_gradcheck(sub):
     p = sub.add_parser("gradcheck", help="check every layer's backward against the numerical gradient",
@@ -170,7 +172,7 @@ def run_sample(args) -> int:
     return 0
 
 
-COMMANDS = [add_gradcheck, add_train, add_sample]
+COMMANDS = [add_gradcheck, add_train, add_sample, add_seq2seq]
 
 
 def build_parser() -> argparse.ArgumentParser:
