@@ -50,6 +50,7 @@ MODELS = {
     "GPT": (GPTConfig, "npgpt.models.gpt:GPT"),
     "Transformer": (TransformerConfig, "npgpt.models.transformer:Transformer"),
 }
+RESERVED = ("model", "config", "optimizer", "rng")     # meta keys save() writes itself
 # Config fields that may differ between a checkpoint and the model it is loaded into: they change
 # neither the shapes nor the function of the weights (dropout at training time only; dtype casts).
 FREE_FIELDS = ("dropout", "dtype")
@@ -228,11 +229,11 @@ def save(path, model: Module, optimizer=None, **meta) -> Path:
     model: any Module; its .config (a GPTConfig, TransformerConfig, ...: anything with to_dict)
     is saved when it has one, and only GPT and Transformer checkpoints can build_model().
 
-    Returns the path. meta keys "model", "config", "optimizer", "rng" are reserved.
+    Returns the path. The meta keys in RESERVED ("model", "config", "optimizer", "rng") are save's own.
     """
     from safetensors.numpy import save as st_save
 
-    reserved = sorted({"model", "config", "optimizer", "rng"} & set(meta))
+    reserved = sorted(set(RESERVED) & set(meta))
     if reserved:
         raise ValueError(f"save: meta keys {reserved} are reserved: expected other names")
     arrays = {f"model.{k}": np.ascontiguousarray(v) for k, v in model.state_dict().items()}

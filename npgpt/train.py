@@ -212,6 +212,10 @@ class Trainer:
                 raise ValueError(f"Trainer: {name}={value!r}, expected an integer >= 0")
         if not (isinstance(grad_clip, (int, float)) and math.isfinite(grad_clip) and grad_clip >= 0):
             raise ValueError(f"Trainer: grad_clip={grad_clip!r}, expected a finite number >= 0 (0: no clipping)")
+        taken = sorted(set(meta or {}) & {"step", "elapsed", "batch_rng", "val_losses", *ckpt_io.RESERVED})
+        if taken:
+            raise ValueError(f"Trainer: meta keys {taken} are the Trainer's or the checkpoint's own: "
+                             f"expected other names")
         self.model, self.optimizer = model, optimizer
         self.batch_fn, self.loss_fn, self.eval_fn, self.tokens_fn = batch_fn, loss_fn, eval_fn, tokens_fn
         self.schedule, self.grad_clip = schedule, float(grad_clip)
@@ -381,7 +385,7 @@ class TrainConfig:
     dropout: float | None = None
     dtype: str = "float32"
     # optimisation: AdamW, linear warmup then cosine decay from lr to min_lr at max_iters
-    max_iters: int = 1500
+    max_iters: int = 1000
     batch_size: int = 16
     lr: float = 2e-3
     min_lr: float = 2e-4
