@@ -7,6 +7,7 @@ by calling the library. The library never imports this module.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .seq2seq import add_seq2seq
@@ -116,6 +117,9 @@ def run_train(args) -> int:
 
 # -- sample ------------------------------------------------------------------------------------
 
+DEFAULT_CHECKPOINT = os.path.join("out", "ckpt.safetensors")   # where `npgpt train` writes by default
+
+
 def add_sample(sub):
     p = sub.add_parser("sample", help="generate text from a checkpoint or a GPT-2 folder",
                        description="Continue a prompt with a trained GPT: an npgpt checkpoint "
@@ -158,7 +162,10 @@ def run_sample(args) -> int:
         if args.gpt2 is not None:
             model, tok = load_model(gpt2=args.gpt2, dtype=args.dtype)
         else:
-            model, tok = load_model(checkpoint=args.checkpoint or "out/ckpt.safetensors", dtype=args.dtype)
+            if args.checkpoint is None and not os.path.exists(DEFAULT_CHECKPOINT):
+                raise FileNotFoundError(f"no --checkpoint given and {DEFAULT_CHECKPOINT} does not exist: "
+                                        f"train one with `npgpt train`, or pass --checkpoint or --gpt2")
+            model, tok = load_model(checkpoint=args.checkpoint or DEFAULT_CHECKPOINT, dtype=args.dtype)
         prompt = args.prompt if args.prompt is not None else default_prompt(tok)
         generate_text(model, tok, prompt, args.max_new_tokens, temperature=args.temperature,
                       top_k=args.top_k, top_p=args.top_p, seed=args.seed,
