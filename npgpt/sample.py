@@ -6,9 +6,11 @@
 
 GPT.generate does the sampling (greedy at temperature 0; temperature, top-k, top-p; the KV
 cache; the sliding window past block_size). This module tokenizes the prompt (naming any
-character the tokenizer does not know), decodes, and streams: generation runs in chunks of
-STREAM_CHUNK tokens that share one random Generator, so the streamed text is the same text one
-call of generate would give, printed as it grows.
+character the tokenizer does not know), decodes, and streams: generation runs in chunks that
+share one random Generator, so the streamed text is the same text one call of generate would
+give, printed as it grows. Each chunk starts by refilling the KV cache from the whole context (one
+batched forward), so a chunk is STREAM_CHUNK tokens or an eighth of the context, whichever is
+more: the refills then cost a bounded fraction of the generation, however long the text.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-STREAM_CHUNK = 16     # tokens per generate call while streaming (each call refills the KV cache once)
+STREAM_CHUNK = 16     # least tokens per generate call while streaming (each call refills the KV cache)
 SAMPLE_SEPARATOR = "\n---\n"   # between samples when num_samples > 1
 
 
@@ -114,7 +116,7 @@ def generate_text(model, tokenizer, prompt: str, max_new_tokens: int, temperatur
     stream(shown)
     out, left = batch, max_new_tokens
     while left > 0:
-        n = min(STREAM_CHUNK, left)
+        n = min(max(STREAM_CHUNK, min(out.shape[1], model.config.block_size) // 8), left)
         longer = model.generate(out, n, seed=rng, **kw)
         if longer.shape[1] == out.shape[1]:          # nothing more (window=False at block_size)
             break
