@@ -95,8 +95,9 @@ def generate_text(model, tokenizer, prompt: str, max_new_tokens: int, temperatur
     made (the prompt first), sample after sample when num_samples > 1 (which are then made whole
     before streaming).
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-        raise ValueError(f"num_samples={num_samples!r}, expected a positive integer")
+    for name, value, low in (("num_samples", num_samples, 1), ("max_new_tokens", max_new_tokens, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name}={value!r}, expected an integer >= {low}")
     ids = encode_prompt(tokenizer, prompt)
     if not window and len(ids) > model.config.block_size:
         raise ValueError(f"the prompt is {len(ids)} tokens long: expected at most block_size="

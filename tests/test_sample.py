@@ -46,6 +46,8 @@ def test_unknown_prompt_character_is_named(char_model):
         generate_text(model, tok, "the Zebra", 5)
     with pytest.raises(ValueError, match="prompt is empty"):
         encode_prompt(tok, "")
+    with pytest.raises(ValueError, match="max_new_tokens=-1, expected an integer >= 0"):
+        generate_text(model, tok, "the", -1, stream=print)
 
 
 def test_prompt_longer_than_the_context_without_the_window(char_model):
