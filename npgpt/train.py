@@ -280,7 +280,6 @@ class Trainer:
                 self._tick()
                 self.save()
         except TrainingDiverged as e:
-            log.message(f"stopped: {e}")
             log.note({"step": e.step, "error": str(e)})
             raise
         finally:
