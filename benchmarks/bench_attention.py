@@ -18,7 +18,8 @@ Memory, two ways:
                   all three (it sees Numba's and torch's native allocations), includes the outputs
     tracemalloc   Python-level allocations only (numpy arrays made from Python): exact for the
                   reference, blind to arrays Numba allocates inside a kernel and to torch
-And, for the fused kernel and torch, the CPU time of one call with both on one thread.
+And the CPU time of one call with numpy's BLAS, Numba and torch each on one thread (robust to
+other processes on a shared machine, unlike wall time).
 Writes results/attention.md, attention.json and attention.png.
 """
 
@@ -125,6 +126,7 @@ def one_thread_cpu_ms(impl: str, T: int, repeats: int) -> float:
     import numba
     threads = numba.get_num_threads()
     numba.set_num_threads(1)
+    common.set_blas_threads(1)
     if torch is not None:
         torch.set_num_threads(1)
     try:
@@ -138,6 +140,7 @@ def one_thread_cpu_ms(impl: str, T: int, repeats: int) -> float:
         return float(np.median(samples)) * 1e3
     finally:
         numba.set_num_threads(threads)
+        common.set_blas_threads(threads)
         common.match_torch_threads()
 
 
@@ -172,8 +175,8 @@ def main(argv=None) -> None:
         row["numba ms"] = row["numba fused ms"] if T >= cpu.ATTN_FUSED_FROM_TK else row["numba blas ms"]
         if torch is not None:
             row["numba / torch"] = row["numba ms"] / row["torch ms"]
-            for impl in ("numba fused", "torch"):
-                row[f"{impl} 1-thread CPU ms"] = one_thread_cpu_ms(impl, T, args.repeats)
+            for impl in ("numpy", "numba fused", "torch"):
+                row[f"{impl} 1-thread CPU ms"] = one_thread_cpu_ms(impl, T, min(args.repeats, 3))
             row["fused / torch (1-thread CPU)"] = (row["numba fused 1-thread CPU ms"]
                                                    / row["torch 1-thread CPU ms"])
         if not args.no_memory:
@@ -186,8 +189,8 @@ def main(argv=None) -> None:
 
     columns = ["T"] + [f"{i} ms" for i in impls] + ["numba ms"]
     if torch is not None:
-        columns += ["numba / torch", "numba fused 1-thread CPU ms", "torch 1-thread CPU ms",
-                    "fused / torch (1-thread CPU)"]
+        columns += ["numba / torch", "numpy 1-thread CPU ms", "numba fused 1-thread CPU ms",
+                    "torch 1-thread CPU ms", "fused / torch (1-thread CPU)"]
     if not args.no_memory:
         columns += [f"{i} peak RSS MiB" for i in impls] + ["numpy tracemalloc MiB",
                                                             "numba fused tracemalloc MiB"]
@@ -201,8 +204,8 @@ at least {args.repeats} calls after a first (compile) call. "numba" is what
 below T = {cpu.ATTN_FUSED_FROM_TK} keys, the fused FlashAttention kernel from there on. Peak RSS:
 resident memory sampled every 0.5 ms during one call, minus before, in a fresh subprocess;
 tracemalloc: Python-level allocations only (blind to Numba's in-kernel arrays and to torch).
-"1-thread CPU ms": CPU time of one call with Numba and torch both on one thread, which other
-processes on the shared machine cannot inflate (wall times can: the load average is recorded
+"1-thread CPU ms": CPU time of one call with BLAS, Numba and torch each on one thread, which
+other processes on the shared machine cannot inflate (wall times can: the load average is recorded
 below).
 """
     md, js = common.write_results("attention", "Attention forward + backward", env,

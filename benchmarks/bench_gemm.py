@@ -14,6 +14,8 @@ to Numba's thread count. The "numba / blas" column is what decides cpu.matmul's 
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 
 import common  # noqa: F401  (imports torch before npgpt: see common.py)
 import numpy as np
@@ -30,7 +32,7 @@ MODEL_SHAPES = [
 ]
 
 
-def bench_shape(name, M, K, N, repeats, dtype=np.float32) -> dict:
+def bench_shape(name, M, K, N, repeats, one_thread=False, dtype=np.float32) -> dict:
     rng = np.random.default_rng(0)
     a = rng.standard_normal((M, K)).astype(dtype)
     b = rng.standard_normal((K, N)).astype(dtype)
@@ -40,6 +42,10 @@ def bench_shape(name, M, K, N, repeats, dtype=np.float32) -> dict:
     if torch is not None:
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
         calls["torch"] = lambda: ta @ tb
+    if one_thread:
+        for impl, fn in calls.items():
+            row[f"{impl} 1-thread"] = flop / one_thread_seconds(fn, repeats) / 1e9
+        return row
     for impl, fn in calls.items():
         t = common.time_call(fn, repeats=repeats, min_seconds=0.3)
         row[f"{impl} GFLOP/s"] = flop / t["median"] / 1e9
@@ -48,10 +54,33 @@ def bench_shape(name, M, K, N, repeats, dtype=np.float32) -> dict:
     return row
 
 
+def one_thread_seconds(fn, repeats) -> float:
+    """Median CPU time (time.process_time) of fn() with BLAS, Numba and torch on one thread each
+    (set by the caller): the work each does, which other processes cannot inflate."""
+    fn()
+    samples = []
+    for _ in range(repeats):
+        t = time.process_time()
+        fn()
+        samples.append(time.process_time() - t)
+    return statistics.median(samples)
+
+
+def set_threads(n: int) -> bool:
+    """All three libraries on n threads; False if numpy's BLAS could not be set."""
+    import numba
+    numba.set_num_threads(n)
+    if torch is not None:
+        torch.set_num_threads(n)
+    return common.set_blas_threads(n)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="3 repeats, squares up to 1024 only")
+    parser.add_argument("--no-one-thread", action="store_true",
+                        help="skip the one-thread CPU-time columns")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                         help="first wait up to SECONDS for the load average to fall below 1")
     args = parser.parse_args(argv)
@@ -70,13 +99,23 @@ def main(argv=None) -> None:
     rows = []
     for name, (M, K, N) in shapes:
         row = bench_shape(name, M, K, N, repeats)
+        if not args.no_one_thread:
+            import numba
+            threads = numba.get_num_threads()
+            if set_threads(1):
+                row.update(bench_shape(name, M, K, N, 3, one_thread=True))
+            set_threads(threads)
         rows.append(row)
         print(f"  {name:14s} ({M:5d},{K:5d})@({K:5d},{N:6d})  blas {row['blas GFLOP/s']:6.1f}  "
               f"numba {row['numba GFLOP/s']:6.1f}  torch {row.get('torch GFLOP/s', float('nan')):6.1f}"
-              f"  numba/blas {row['numba / blas']:.2f}", flush=True)
+              f"  numba/blas {row['numba / blas']:.2f}  1-thread: blas "
+              f"{row.get('blas 1-thread', float('nan')):5.1f} numba {row.get('numba 1-thread', float('nan')):5.1f}"
+              f" torch {row.get('torch 1-thread', float('nan')):5.1f}", flush=True)
 
     columns = ["shape", "M", "K", "N", "blas GFLOP/s", "numba GFLOP/s", "torch GFLOP/s",
                "numba / blas", "numba first ms"]
+    if not args.no_one_thread:
+        columns += ["blas 1-thread", "numba 1-thread", "torch 1-thread"]
     formats = {c: "{:.1f}" for c in columns[4:]}
     formats["numba / blas"] = "{:.2f}"
     notes = f"""
@@ -85,8 +124,9 @@ first call ("numba first ms": the first call of that shape, after `cpu.warmup` c
 loaded the kernels). "numba" is `npgpt.kernels.cpu.gemm` (the 4 x 4 register tile over
 packed B^T, cache-blocked; it includes packing b transposed); "blas" is numpy's `a @ b`; torch is
 `torch.from_numpy(a) @ torch.from_numpy(b)`. `cpu.matmul` takes "numba" only where it wins
-here (`cpu._gemm_wins`). The machine is shared with other work: treat differences under ~10% as
-noise.
+here (`cpu._gemm_wins`). "1-thread" columns: GFLOP/s from the CPU time of one call with BLAS,
+Numba and torch each on one thread, which other processes on the shared machine cannot inflate
+(wall-clock GFLOP/s can: the load average is recorded below).
 """
     md, js = common.write_results("gemm", "GEMM throughput (float32)", env,
                                   common.markdown_table(columns, rows, formats), rows, notes)

@@ -102,6 +102,39 @@ def environment() -> dict:
     return env
 
 
+def _openblas_setter():
+    """numpy's OpenBLAS `set_num_threads`, found among the loaded libraries, or None."""
+    import ctypes
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return None
+    paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line})
+    for path in paths:
+        lib = ctypes.CDLL(path)
+        for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
+                     "openblas_set_num_threads"):
+            if hasattr(lib, name):
+                return getattr(lib, name)
+    return None
+
+
+def set_blas_threads(n: int) -> bool:
+    """Set numpy's BLAS thread count (threadpoolctl when installed, else OpenBLAS through ctypes).
+    Returns False when neither works (the BLAS then keeps its own count)."""
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(n, user_api="blas")
+        return True
+    except ImportError:
+        pass
+    setter = _openblas_setter()
+    if setter is None:
+        return False
+    setter(int(n))
+    return True
+
+
 def match_torch_threads() -> None:
     """Give torch the thread count Numba uses, so the two compare on the same cores."""
     if torch is not None:
