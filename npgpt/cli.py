@@ -43,7 +43,7 @@ def run_gradcheck(args) -> int:
 
 # flag -> (type, help); the defaults are TrainConfig's (npgpt/train.py), shown by --help
 _TRAIN_FLAGS = {
-    "data": (str, "a UTF-8 text file to train on (default: the built-in corpus, Python's docs)"),
+    "data": (str, "a UTF-8 text file to train on"),
     "tokenizer": (str, "char: one id per character; bpe: byte-level BPE trained on the data"),
     "vocab_size": (int, "vocabulary size of the BPE tokenizer"),
     "val_fraction": (float, "the last part of the text held out for the validation loss"),
@@ -68,9 +68,13 @@ _TRAIN_FLAGS = {
     "checkpoint_interval": (int, "steps between checkpoints"),
     "seed": (int, "seed of the initialisation, batches and dropout"),
     "out": (str, "folder for ckpt.safetensors and log.jsonl"),
-    "backend": (str, "kernel backend: numpy or numba (default: NPGPT_BACKEND or the fastest)"),
+    "backend": (str, "kernel backend"),
     "sample_tokens": (int, "tokens to sample and print at the end (0: none)"),
 }
+
+
+_METAVARS = {"data": "FILE", "tokenizer": "{char,bpe}", "preset": "NAME", "dtype": "{float32,float64}",
+             "out": "DIR", "backend": "{numpy,numba}"}
 
 
 def add_train(sub):
@@ -85,10 +89,12 @@ def add_train(sub):
                                    "OUT/ckpt.safetensors. With no arguments: a small char-level "
                                    "model on the built-in corpus, in a few minutes, then a sample. "
                                    "Ctrl-C saves a checkpoint; --resume continues it exactly.")
+    special = {"data": "the built-in corpus, Python's docs", "backend": "NPGPT_BACKEND or the fastest"}
     for name, (type_, help_) in _TRAIN_FLAGS.items():
         default = defaults[name]
-        shown = "the built-in corpus" if name == "data" else ("the preset's" if default is None else default)
+        shown = special.get(name, "the preset's" if default is None else default)
         p.add_argument("--" + name.replace("_", "-"), type=type_, default=argparse.SUPPRESS,
+                       metavar=_METAVARS.get(name, {int: "N", float: "X"}.get(type_, "VALUE")),
                        help=f"{help_} (default: {shown})")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint, with its saved settings "
