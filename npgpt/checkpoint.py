@@ -189,16 +189,26 @@ class Checkpoint:
             if saved_type != type(optimizer).__name__:
                 raise ValueError(f"{where} holds the state of a {saved_type} optimizer: "
                                  f"expected {type(optimizer).__name__}")
-        try:
-            model.load_state_dict(self.model_state)
-        except (KeyError, ValueError) as e:
-            raise ValueError(f"{where}: {e.args[0] if e.args else e}") from None
-        set_rng_states(model, self.meta.get("rng", {}), where)
-        if optimizer is not None:
+        self._check_arrays(model, where)
+        if optimizer is not None:      # checks everything, then writes; the model is checked already
             try:
                 optimizer.load_state_dict(self.optimizer_state)
             except (KeyError, ValueError) as e:
                 raise ValueError(f"{where}: {e.args[0] if e.args else e}") from None
+        model.load_state_dict(self.model_state)
+        set_rng_states(model, self.meta.get("rng", {}), where)
+
+    def _check_arrays(self, model: Module, where: str) -> None:
+        params = {name: p.shape for name, p in model.named_parameters()}
+        missing = [k for k in params if k not in self.model_state]
+        unexpected = [k for k in self.model_state if k not in params]
+        if missing or unexpected:
+            raise ValueError(f"{where} does not hold this model's parameters: missing "
+                             f"{missing[:5] or 'none'}, unexpected {unexpected[:5] or 'none'}")
+        for name, shape in params.items():
+            if tuple(self.model_state[name].shape) != shape:
+                raise ValueError(f"{where}: {name} has shape {tuple(self.model_state[name].shape)}, "
+                                 f"expected {shape}")
 
     def _check_model(self, model: Module, where: str) -> None:
         cls_name = type(model).__name__
@@ -211,8 +221,9 @@ class Checkpoint:
                 raise ValueError(f"{where} was saved {'with' if ours is None else 'without'} a model "
                                  f"config, the model has {'none' if ours is None else 'one'}")
             saved = ours = {}
-        diff = [f"{k}={saved[k]!r} (the model has {ours[k]!r})" for k in saved
-                if k not in FREE_FIELDS and saved[k] != ours[k]]
+        diff = [f"{k}={saved.get(k, 'unset')!r} (the model has {ours.get(k, 'unset')!r})"
+                for k in dict.fromkeys([*saved, *ours])
+                if k not in FREE_FIELDS and saved.get(k, "unset") != ours.get(k, "unset")]
         if diff:
             raise ValueError(f"{where} does not match the model: it was saved with "
                              + ", ".join(diff))

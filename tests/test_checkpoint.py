@@ -151,3 +151,14 @@ def test_header_is_plain_json(tmp_path):
     assert header["__metadata__"]["format"] == "npgpt-checkpoint"
     assert json.loads(header["__metadata__"]["meta"])["config"]["n_embd"] == 16
     assert "model.h.1.mlp.c_proj.weight" in header
+
+
+def test_a_bad_optimizer_state_leaves_the_model_untouched(tmp_path):
+    model, opt = trained()
+    path = ckpt_io.save(tmp_path / "ckpt.safetensors", model, opt)
+    fresh = GPT(CFG, seed=4)
+    fewer = AdamW(fresh.parameters()[:-2], lr=1e-2)      # another layout: its load must fail
+    before = fresh.state_dict()
+    with pytest.raises(ValueError, match="ckpt.safetensors.*group_sizes"):
+        ckpt_io.load(path).restore(fresh, fewer)
+    assert all(np.array_equal(before[k], v) for k, v in fresh.state_dict().items())
