@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 
+from .finetune.command import add_finetune
 from .seq2seq import add_seq2seq
 
 
@@ -185,7 +186,7 @@ def run_sample(args) -> int:
     return 0
 
 
-COMMANDS = [add_gradcheck, add_train, add_sample, add_seq2seq]
+COMMANDS = [add_gradcheck, add_train, add_sample, add_seq2seq, add_finetune]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,10 @@ The package, one concept per file:
     classifier.py   GPTClassifier (the head, the auxiliary LM loss)
     data.py         classification files, the built-in shuffled-words task, encode_texts, batches
     evaluate.py     classification_report, format_report, evaluate
+    init.py         load_init: the GPT and tokenizer a fine-tune starts from (npgpt, GPT-2)
+    tasks.py        the two tasks of a run: continued pre-training, classification
+    run.py          FinetuneConfig and finetune(): the runs behind `npgpt finetune`
+    command.py      the arguments of `npgpt finetune` (add_finetune, for npgpt/cli.py)
 """
 
 from .classifier import GPTClassifier, last_token_index, next_token_targets
