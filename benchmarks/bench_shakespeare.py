@@ -14,10 +14,11 @@ the Linear weights only (npgpt's rule; PyTorch gets the same param groups), grad
 Both sides draw the same batches (npgpt.data.get_batch with the same seeded Generator) and are
 scored on the same 200 validation batches. Each run is its own process, so each library keeps
 the thread settings it has on its own (npgpt chooses its backend as `npgpt train --backend` does,
-and its processes never import torch); PyTorch runs with torch.set_num_threads(--threads), and
-Numba with NUMBA_NUM_THREADS=--threads. "train s" is the wall time of the training steps alone;
-start-up (imports, Numba's compile or cache load, building the model) is reported apart, and the
-final validation is not timed. Writes results/shakespeare.md and shakespeare.json.
+and its processes never import torch); PyTorch runs with torch.set_num_threads(--threads), Numba
+with NUMBA_NUM_THREADS=--threads, numpy's BLAS with its default or --blas-threads. "train s" is
+the wall time of the training steps alone; start-up (imports, Numba's compile or cache load,
+building the model) is reported apart, and the final validation is not timed. Writes
+results/shakespeare.md and shakespeare.json.
 """
 
 from __future__ import annotations
@@ -159,8 +160,10 @@ def run_torch(data, iters, seed, threads) -> dict:
     s = SETTINGS
     tok, train, val = load_data(data)
     model = torch_gpt(tok.vocab_size, seed)
-    decay = [p for n, p in model.named_parameters() if p.dim() == 2 and "wte" not in n and "wpe" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() == 2 and "wte" not in n and "wpe" not in n)]
+    # npgpt's rule: weight decay on the Linear weights; not on embeddings, biases, LayerNorms
+    decays = {n: p.dim() == 2 and not n.startswith(("wte", "wpe")) for n, p in model.named_parameters()}
+    decay = [p for n, p in model.named_parameters() if decays[n]]
+    no_decay = [p for n, p in model.named_parameters() if not decays[n]]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": s["weight_decay"]},
                              {"params": no_decay, "weight_decay": 0.0}], lr=s["lr"], betas=s["betas"])
     schedule = warmup_cosine(s["lr"], min(s["warmup"], iters), iters, s["min_lr"])
@@ -203,6 +206,8 @@ def launch(impl, seed, args) -> dict:
     import tempfile
 
     env = dict(os.environ, NUMBA_NUM_THREADS=str(args.threads))
+    if args.blas_threads is not None:
+        env.update(OPENBLAS_NUM_THREADS=str(args.blas_threads), MKL_NUM_THREADS=str(args.blas_threads))
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
         cmd = [sys.executable, __file__, "--worker", impl, "--seed", str(seed), "--iters", str(args.iters),
@@ -239,6 +244,9 @@ def main(argv=None) -> None:
     p.add_argument("--only", choices=("npgpt", "torch"), default=None, help="run only one side")
     p.add_argument("--backends", default="numpy,numba", help="npgpt backends (default: numpy,numba)")
     p.add_argument("--threads", type=int, default=2, help="threads for torch and Numba (default: 2)")
+    p.add_argument("--blas-threads", type=int, default=None,
+                   help="OPENBLAS_NUM_THREADS for every run (default: the library's own choice; "
+                        "1 keeps numpy's BLAS from stalling on a busy machine)")
     p.add_argument("--no-write", action="store_true", help="print, but do not write results/")
     p.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -266,8 +274,8 @@ def main(argv=None) -> None:
                   flush=True)
     fmt = {"val loss": "{:.4f}", "train loss": "{:.4f}", "train s": "{:.1f}", "tokens/s": "{:,.0f}",
            "startup s": "{:.1f}", "process s": "{:.1f}"}
-    table = common.markdown_table(["impl", "seeds", "val loss", "val range", "train s", "tokens/s", "startup s"],
-                                  summary(rows), fmt)
+    table = common.markdown_table(["impl", "seeds", "val loss", "val range", "train s", "tokens/s",
+                                   "startup s"], summary(rows), fmt)
     runs = common.markdown_table(["impl", "seed", "val loss", "train loss", "train s", "tokens/s",
                                   "startup s", "process s"], rows, fmt)
     print("\n" + table + "\n\n" + runs)
@@ -279,10 +287,13 @@ def main(argv=None) -> None:
              f"PyTorch's. Validation loss: mean cross-entropy (nats per character) over "
              f"{SETTINGS['val_batches']} fixed batches of the held-out 10%; train loss: mean of the last "
              f"100 steps. {args.iters} steps of batch {SETTINGS['batch_size']} x block "
-             f"{SETTINGS['block_size']}. The machine is shared with other work (see load_average below), "
-             f"so times carry noise.\n\nEach run (seed {', '.join(map(str, seeds))}):\n\n{runs}")
+             f"{SETTINGS['block_size']}; BLAS threads: "
+             f"{'the default' if args.blas_threads is None else args.blas_threads}. The machine may be "
+             f"shared with other work (see load_average below, taken at the start), so times carry "
+             f"noise.\n\nEach run (seed {', '.join(map(str, seeds))}):\n\n{runs}")
+    env = {**env, "command": command.strip(), "settings": SETTINGS}
     md, js = common.write_results("shakespeare", "Baby Shakespeare: npgpt vs PyTorch, char-level GPT",
-                                  {**env, "command": command.strip(), "settings": SETTINGS}, table, rows, notes)
+                                  env, table, rows, notes)
     print(f"\nwrote {md} and {js}")
 
 

@@ -350,7 +350,7 @@ def gpt2_to_hf(npgpt_arrays: dict) -> dict:
     """{npgpt name: array} -> {Hugging Face GPT-2 name: array} in save_pretrained's layout
     ("transformer." before every name but lm_head.weight, which is transposed to torch's
     nn.Linear layout (out, in)); for weights or gradients."""
-    return {("lm_head.weight" if k == "lm_head.weight" else HF_PREFIX + k): (v.T if k == "lm_head.weight" else v)
+    return {(k if k == "lm_head.weight" else HF_PREFIX + k): (v.T if k == "lm_head.weight" else v)
             for k, v in npgpt_arrays.items()}
 
 

@@ -211,7 +211,8 @@ class Trainer:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"Trainer: {name}={value!r}, expected an integer >= 0")
         if not (isinstance(grad_clip, (int, float)) and math.isfinite(grad_clip) and grad_clip >= 0):
-            raise ValueError(f"Trainer: grad_clip={grad_clip!r}, expected a finite number >= 0 (0: no clipping)")
+            raise ValueError(f"Trainer: grad_clip={grad_clip!r}, expected a finite number >= 0 "
+                             f"(0: no clipping)")
         taken = sorted(set(meta or {}) & {"step", "elapsed", "batch_rng", "val_losses", *ckpt_io.RESERVED})
         if taken:
             raise ValueError(f"Trainer: meta keys {taken} are the Trainer's or the checkpoint's own: "
@@ -219,7 +220,8 @@ class Trainer:
         self.model, self.optimizer = model, optimizer
         self.batch_fn, self.loss_fn, self.eval_fn, self.tokens_fn = batch_fn, loss_fn, eval_fn, tokens_fn
         self.schedule, self.grad_clip = schedule, float(grad_clip)
-        self.max_iters, self.eval_interval, self.checkpoint_interval = max_iters, eval_interval, checkpoint_interval
+        self.max_iters = max_iters
+        self.eval_interval, self.checkpoint_interval = eval_interval, checkpoint_interval
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.meta = dict(meta or {})
         self.progress = progress
@@ -418,7 +420,8 @@ class TrainConfig:
             if not (is_int(getattr(self, name)) and getattr(self, name) >= 1):
                 fail(name, "a positive integer")
         for name in ("n_layer", "n_head", "n_embd", "block_size"):
-            if getattr(self, name) is not None and not (is_int(getattr(self, name)) and getattr(self, name) >= 1):
+            value = getattr(self, name)
+            if value is not None and not (is_int(value) and value >= 1):
                 fail(name, "a positive integer (or unset: the preset's)")
         for name in ("warmup", "eval_interval", "checkpoint_interval", "seed", "sample_tokens"):
             if not (is_int(getattr(self, name)) and getattr(self, name) >= 0):
@@ -473,7 +476,8 @@ def resume_config(out, overrides: dict | None = None) -> TrainConfig:
                                 f"(train without --resume first, or pass the run's --out)")
     saved = ckpt_io.load(path).meta.get("train")
     if not isinstance(saved, dict):
-        raise ValueError(f"checkpoint {str(path)!r} was not saved by `npgpt train`: it has no settings to resume")
+        raise ValueError(f"checkpoint {str(path)!r} was not saved by `npgpt train`: it has no "
+                         f"settings to resume")
     saved = {**saved, "out": str(out)}
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     clash = [f"{k.replace('_', '-')} {v!r} (the run has {saved.get(k)!r})" for k, v in overrides.items()
