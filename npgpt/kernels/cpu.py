@@ -24,14 +24,17 @@ Threads. Numba's parallel loops run on OpenMP (the "omp" threading layer) here; 
 (OpenBLAS) keeps its own threads. On a 2-core machine each pool's idle threads spin while the
 other works: an earlier measurement found attention's mix of BLAS and Numba calls 3x slower.
 Set below, before Numba starts its threads: OMP_WAIT_POLICY=PASSIVE (idle OpenMP threads sleep
-at once). It is `os.environ.setdefault`, so a value the user exported wins (NUMBA_THREADING_LAYER
-=workqueue is the other fix; conftest.py sets PASSIVE for the tests too). OpenBLAS's own workers
-still spin for a while after each product, which no setting made from here can change (it is read
-when numpy loads OpenBLAS; OPENBLAS_THREAD_TIMEOUT=4 measured far worse): so the short-sequence
-attention path runs its softmax on the calling thread, and a Numba kernel launched right after a
-large BLAS product can lose a core for a few milliseconds. PyTorch ships its own OpenMP runtime,
-which reads the environment when torch is imported: benchmarks/common.py imports torch before
-npgpt, so torch keeps the settings it would have on its own.
+at once). It is `os.environ.setdefault`, so a value the user exported wins; conftest.py sets
+PASSIVE for the tests too. Measured on a BLAS-attention-BLAS step (T=256, loaded machine):
+omp + PASSIVE ~260 ms, omp spinning (ACTIVE) ~310 ms, NUMBA_THREADING_LAYER=workqueue ~245 ms,
+within noise of PASSIVE; workqueue may not be entered from two Python threads at once, so it is
+left for the user to choose. OpenBLAS's own workers still spin for a while after each product,
+which nothing set from here can change (OpenBLAS reads its settings when numpy loads it, and
+OPENBLAS_THREAD_TIMEOUT=4 measured far worse): so the short-sequence attention path runs its
+softmax on the calling thread, and a Numba kernel launched right after a large BLAS product can
+lose a core for a few milliseconds. PyTorch ships its own OpenMP runtime, which reads the
+environment when torch is imported: benchmarks/common.py imports torch before npgpt, so torch
+keeps the settings it would have on its own.
 """
 
 from __future__ import annotations
