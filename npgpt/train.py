@@ -573,7 +573,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = True,
                       out_dir=out, meta=meta, seed=cfg.seed, progress=progress, on_step=on_step)
     if saved is not None:
         trainer.resume(saved)
-        print_fn(f"resuming {str(out)!r} at step {trainer.step} of {cfg.max_iters}")
+        print_fn(f"resuming {str(out)!r} at step {trainer.step} of {cfg.max_iters}"
+                 + (": nothing left to do (raise --max-iters to train on)"
+                    if trainer.step >= cfg.max_iters else ""))
     print_fn(f"data: {source}, {len(text):,} characters -> {len(ids):,} {cfg.tokenizer} tokens "
              f"(vocabulary {tok.vocab_size}); {len(train_ids):,} train / {len(val_ids):,} validation")
     print_fn(f"model: GPT {mcfg.n_layer} layers, {mcfg.n_head} heads, {mcfg.n_embd} wide, context "
