@@ -576,6 +576,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = True,
         print_fn(f"resuming {str(out)!r} at step {trainer.step} of {cfg.max_iters}"
                  + (": nothing left to do (raise --max-iters to train on)"
                     if trainer.step >= cfg.max_iters else ""))
+        if saved.meta.get("backend") != kernels.current_backend():
+            print_fn(f"note: the run so far used backend {saved.meta.get('backend')!r}, this session "
+                     f"{kernels.current_backend()!r}: rounding differs, so the losses will not repeat "
+                     f"bit for bit")
     print_fn(f"data: {source}, {len(text):,} characters -> {len(ids):,} {cfg.tokenizer} tokens "
              f"(vocabulary {tok.vocab_size}); {len(train_ids):,} train / {len(val_ids):,} validation")
     print_fn(f"model: GPT {mcfg.n_layer} layers, {mcfg.n_head} heads, {mcfg.n_embd} wide, context "
