@@ -198,6 +198,9 @@ class Trainer:
     out_dir:      where the checkpoint (ckpt.safetensors) and the log (log.jsonl) go; None: neither
     meta:         JSON-serialisable entries stored in every checkpoint (tokenizer, settings, ...)
     tokens_fn:    batch -> number of tokens, for tokens/s (default: the first array's size)
+    seed:         seeds the batch sampler's Generator (the model seeds its own dropout)
+    progress:     True: a progress bar; False: none; None: a bar only on a terminal
+    on_step:      on_step(trainer, record) after each step's record (tests, custom logging)
     """
 
     def __init__(self, model, optimizer, batch_fn: Callable, *, max_iters: int,
