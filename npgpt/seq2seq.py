@@ -421,14 +421,14 @@ def encode_texts(vocab, texts, max_len: int, where: Callable = None) -> list[lis
     max_len raises ValueError saying which text (where(i), default 'input i+1'), which
     character and where."""
     where = where or (lambda i: f"input {i + 1}")
-    out = []
+    known, out = set(vocab.symbols), []
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"{where(i)} is a {type(text).__name__}: expected a str")
         if not text:
             raise ValueError(f"{where(i)} is empty: expected at least one symbol to translate")
         for pos, c in enumerate(text):
-            if c not in vocab._stoi:
+            if c not in known:
                 raise ValueError(f"{where(i)} ({text!r}): character {c!r} at position {pos} is not in "
                                  f"the model's vocabulary ({''.join(vocab.symbols)!r})")
         if len(text) > max_len:
