@@ -142,13 +142,14 @@ class Seq2SeqTrainConfig:
             if not (is_int(getattr(self, name)) and getattr(self, name) >= 1):
                 fail(name, "a positive integer")
         for name in ("seq_len", "d_ff"):
-            if getattr(self, name) is not None and not (is_int(getattr(self, name)) and getattr(self, name) >= 1):
+            value = getattr(self, name)
+            if value is not None and not (is_int(value) and value >= 1):
                 fail(name, "a positive integer (or unset: fitted)")
-        for name in ("seq_len",):
-            if getattr(self, name) is not None and getattr(self, name) < 2:
-                fail(name, "at least 2 (a target symbol and its end-of-sequence token)")
+        if self.seq_len is not None and self.seq_len < 2:
+            fail("seq_len", "at least 2 (a target symbol and its end-of-sequence token)")
         for name in ("encoder_layers", "decoder_layers"):
-            if getattr(self, name) is not None and not (is_int(getattr(self, name)) and getattr(self, name) >= 0):
+            value = getattr(self, name)
+            if value is not None and not (is_int(value) and value >= 0):
                 fail(name, "an integer >= 0 (or unset: --layers)")
         for name in ("warmup", "eval_interval", "checkpoint_interval", "seed", "examples"):
             if not (is_int(getattr(self, name)) and getattr(self, name) >= 0):
@@ -709,7 +710,8 @@ def _add_translate(sub) -> None:
                                    "(greedy decoding, or beam search with --beam-size > 1) and print "
                                    "one output per line.")
     p.add_argument("--checkpoint", default=DEFAULT_OUT,
-                   help=f"a seq2seq checkpoint, or a run folder holding ckpt.safetensors (default: {DEFAULT_OUT})")
+                   help=f"a seq2seq checkpoint, or a run folder holding ckpt.safetensors "
+                        f"(default: {DEFAULT_OUT})")
     p.add_argument("--input", action="append", default=None, metavar="TEXT",
                    help="a source to translate (repeat for more)")
     p.add_argument("--input-file", default=None, metavar="FILE",
@@ -751,7 +753,8 @@ def run_translate(args) -> int:
                              "exactly one of the two")
         for name in ("beam_size", "batch_size"):
             if getattr(args, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: expected an integer >= 1")
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: "
+                                 f"expected an integer >= 1")
         if not (math.isfinite(args.length_penalty) and args.length_penalty >= 0):
             raise ValueError(f"--length-penalty {args.length_penalty}: expected a number >= 0")
         if args.backend is not None:
