@@ -584,6 +584,10 @@ class _Finished(NamedTuple):
     tokens: list          # without BOS and EOS
 
 
+def _best(finished: list) -> float:
+    return max(f.score for f in finished)
+
+
 def _beam_search(make_decoder, B, k, max_len, alpha, bos_id, eos_id):
     """Beam search with k beams per source, all sources at once (N = B * k decoder rows).
 
@@ -592,8 +596,12 @@ def _beam_search(make_decoder, B, k, max_len, alpha, bos_id, eos_id):
     ends in EOS and ranks among the first k is a finished hypothesis, scored s / lp(length);
     the first k that do not end in EOS are the next step's beams (at most k of the 2k can be
     EOS, one per beam, so k always remain). A source is done when it has k finished
-    hypotheses; at max_len its live beams are finished as they stand. The answer is the best
-    finished score. With k = 1 every step keeps the argmax: greedy decoding, exactly.
+    hypotheses and none of its live beams scores better than the best of them at the current
+    length, s / lp(t) (a live beam that is still ahead keeps the search going, so a short
+    hypothesis that ended early cannot win by filling the k places first); at max_len its live
+    beams are finished as they stand. The answer is the best finished score. With k = 1 every
+    step keeps the argmax: greedy decoding, exactly (the live beam never outscores the EOS
+    proposal it ranked below).
     At the first step only beam 0 is live (the others start at -inf), so the k beams differ.
     """
     dec = make_decoder(k)
@@ -627,7 +635,8 @@ def _beam_search(make_decoder, B, k, max_len, alpha, bos_id, eos_id):
                 if live == k:
                     break
             new_scores[b, live:] = -np.inf                                   # fewer than k proposals
-            done[b] = len(finished[b]) >= k
+            done[b] = live == 0 or (len(finished[b]) >= k and _best(finished[b]) >=
+                                    new_scores[b, :live].max() / gnmt_length_penalty(t + 1, alpha))
         if done.all():
             break
         index = (np.arange(B)[:, None] * k + beam).ravel()                   # (B, k) -> rows of (B*k)
