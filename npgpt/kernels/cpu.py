@@ -287,9 +287,11 @@ def gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     are packed into C-contiguous copies first (a @ b.T needs no copy at all: b.T's transpose is b).
 
     Measured here (AMD EPYC Zen 4, 2 cores, AVX-512; benchmarks/results/gemm.md), float32
-    1024 x 1024: ~180 GFLOP/s on 2 threads against OpenBLAS's ~200 (~0.9x) on a quiet machine;
-    on one thread ~70-77 against ~95-100 (0.7-0.8x). Sums of 128 (the baby GPT's K) reach only
-    about half of BLAS: the 16 sums across SIMD lanes at the end of each tile weigh more.
+    1024 x 1024 on 2 threads, quiet machine: ~158 GFLOP/s against OpenBLAS's ~206 and torch's
+    ~192 (0.76x BLAS); packing b^T is ~15% of that (2.8 ms; a @ b.T skips it, ~180 without it).
+    On one thread ~63-77 against ~94-100 (0.7-0.8x). Sums of 128 (the baby GPT's K) reach only
+    about a third to a half of BLAS: the 16 sums across SIMD lanes at the end of each tile weigh
+    more when the tile's loop is short.
     Block sizes: MC 16-128, NC 128-1024, KC 256-4096 all measured within noise at 1024 and 2048.
     """
     _check_matmul(a, b)
