@@ -28,7 +28,7 @@ def load_model(checkpoint=None, gpt2=None, dtype: str | None = None):
     """(model, tokenizer) from an npgpt checkpoint file, or from a local Hugging Face GPT-2
     folder (config.json, model.safetensors, vocab.json, merges.txt). Exactly one of the two."""
     from . import checkpoint as ckpt_io
-    from .tokenizers import BPETokenizer, tokenizer_from_dict
+    from .tokenizers import BPETokenizer
 
     if (checkpoint is None) == (gpt2 is None):
         raise ValueError("load_model: pass exactly one of checkpoint (an npgpt checkpoint file) "
@@ -41,15 +41,11 @@ def load_model(checkpoint=None, gpt2=None, dtype: str | None = None):
                                     f"expected GPT-2's tokenizer files beside the weights")
         tok = BPETokenizer.from_pretrained(folder)
     else:
-        path = Path(checkpoint)
-        if path.is_dir():                    # a run's folder: its checkpoint
-            path = path / "ckpt.safetensors"
-        ck = ckpt_io.load(path)
-        if "tokenizer" not in ck.meta:
-            raise ValueError(f"checkpoint {str(path)!r} holds no tokenizer: expected one saved by "
-                             f"`npgpt train` (or pass tokenizer=... to save)")
-        model = ck.build_model(dtype=dtype)
-        tok = tokenizer_from_dict(ck.meta["tokenizer"])
+        # the GPT of any npgpt run: `npgpt train`, or `npgpt finetune` (a classifier's GPT, LoRA
+        # adapters folded in), read by the same code that starts a fine-tune
+        from .finetune.init import load_init
+        start = load_init(checkpoint, dtype=dtype, where=f"checkpoint {str(checkpoint)!r}")
+        model, tok = start.model, start.tokenizer
     if tok.vocab_size > model.config.vocab_size:
         raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model only "
                          f"{model.config.vocab_size}: expected them to belong together")

@@ -295,3 +295,21 @@ def test_an_earlier_run_and_the_start_are_never_overwritten(tmp_path, start, tex
 ])
 def test_bad_settings(tmp_path, start, argv, message, capsys):
     bad_case(tmp_path, start, argv, message, capsys)
+
+
+def test_sample_from_a_run_with_unmerged_lora_adapters(tmp_path, start, text, capsys):
+    from npgpt.finetune.init import load_init
+    from npgpt.sample import load_model
+
+    out = tmp_path / "lora-lm"
+    assert main(["finetune", "--init", str(start), "--data", str(text), "--out", str(out),
+                 "--max-iters", "2", "--block-size", "16", "--lora-rank", "2", *FAST]) == 0
+    assert any("lora" in k for k in ckpt_io.load(out / "ckpt.safetensors").model_state)
+    model, tok = load_model(out)                      # the adapters are folded into the weights
+    merged = load_init(out).model
+    for (name, p), (_, q) in zip(model.named_parameters(), merged.named_parameters()):
+        assert "lora" not in name
+        np.testing.assert_array_equal(p.data, q.data)
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(out), "--prompt", "the", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("the")

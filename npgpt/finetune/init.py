@@ -40,11 +40,13 @@ class Init:
     kind: str             # "npgpt" | "gpt2"
 
 
-def load_init(init, dtype: str = "float32", dropout: float | None = None, seed: int = 0) -> Init:
+def load_init(init, dtype: str | None = "float32", dropout: float | None = None, seed: int = 0,
+              where: str | None = None) -> Init:
     """The GPT and tokenizer at `init` (see the module docstring). A path that is neither an
-    npgpt checkpoint nor a GPT-2 folder raises an error that says what was found there."""
+    npgpt checkpoint nor a GPT-2 folder raises an error that says what was found there.
+    dtype None keeps the saved one; `where` names the path in errors (default: "--init PATH")."""
     path = Path(init)
-    where = f"--init {str(init)!r}"
+    where = where or f"--init {str(init)!r}"
     if not path.exists():
         raise FileNotFoundError(f"{where} does not exist: {EXPECTED}")
     if path.is_dir():
@@ -56,7 +58,7 @@ def load_init(init, dtype: str = "float32", dropout: float | None = None, seed: 
             if missing:
                 raise FileNotFoundError(f"{where} looks like a GPT-2 folder but has no {missing}: "
                                         f"expected all of {list(GPT2_FILES)}")
-            return _from_gpt2(path, dtype, dropout, seed)
+            return _from_gpt2(path, dtype or "float32", dropout, seed)
         shown = f"{found[:8]}{' ...' if len(found) > 8 else ''}" if found else "nothing"
         raise ValueError(f"{where} is a folder holding {shown}, neither an npgpt run (no "
                          f"{CHECKPOINT_NAME}) nor a GPT-2 folder (no config.json and "
@@ -120,6 +122,8 @@ def _from_gpt2(folder: Path, dtype, dropout, seed) -> Init:
     return Init(model, tok, f"GPT-2 folder {str(folder)!r}", "gpt2")
 
 
-def _build(cfg: GPTConfig, dtype: str, dropout, seed: int) -> GPT:
-    changes = {"dtype": dtype} if dropout is None else {"dtype": dtype, "dropout": dropout}
+def _build(cfg: GPTConfig, dtype: str | None, dropout, seed: int) -> GPT:
+    changes = {"dtype": dtype or cfg.dtype}
+    if dropout is not None:
+        changes["dropout"] = dropout
     return GPT(cfg.replace(**changes), seed=seed)
