@@ -220,22 +220,9 @@ RESUMABLE_CHANGES = ("max_iters", "eval_interval", "checkpoint_interval", "out",
 def resume_config(out, overrides: dict | None = None) -> Seq2SeqTrainConfig:
     """The Seq2SeqTrainConfig saved in out/ckpt.safetensors, with overrides of RESUMABLE_CHANGES;
     an override of another setting that differs from the saved one is an error."""
-    path = Path(out) / CHECKPOINT_NAME
-    if not path.exists():
-        raise FileNotFoundError(f"--resume: there is no checkpoint {str(path)!r} to resume "
-                                f"(train without --resume first, or pass the run's --out)")
-    saved = ckpt_io.load(path).meta.get("seq2seq")
-    if not isinstance(saved, dict):
-        raise ValueError(f"checkpoint {str(path)!r} was not saved by `npgpt seq2seq train`: it has "
-                         f"no seq2seq settings to resume")
-    saved = {**saved, "out": str(out)}
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    clash = [f"{k.replace('_', '-')} {v!r} (the run has {saved.get(k)!r})" for k, v in overrides.items()
-             if k not in RESUMABLE_CHANGES and saved.get(k) != v]
-    if clash:
-        raise ValueError("--resume continues the saved run with its own settings, but these differ: "
-                         + ", ".join(clash) + f"; only {', '.join(RESUMABLE_CHANGES)} may change")
-    return Seq2SeqTrainConfig(**{**saved, **{k: v for k, v in overrides.items() if k in RESUMABLE_CHANGES}})
+    from .train import resumed_settings
+    return resumed_settings(out, Seq2SeqTrainConfig, "seq2seq", RESUMABLE_CHANGES, overrides,
+                            "npgpt seq2seq train")
 
 
 # --------------------------------------------------------------------------------------------

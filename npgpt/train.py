@@ -473,22 +473,31 @@ RESUMABLE_CHANGES = ("max_iters", "eval_interval", "checkpoint_interval", "out",
 def resume_config(out, overrides: dict | None = None) -> TrainConfig:
     """The TrainConfig saved in out/ckpt.safetensors, with overrides of RESUMABLE_CHANGES;
     an override of another setting that differs from the saved one is an error."""
+    return resumed_settings(out, TrainConfig, "train", RESUMABLE_CHANGES, overrides, "npgpt train")
+
+
+def resumed_settings(out, cls, section: str, resumable: tuple, overrides: dict | None, command: str):
+    """The settings dataclass `cls` that `command` saved under meta[section] of out/ckpt.safetensors,
+    with the overrides of the fields in `resumable` applied (None: not given). An override of any
+    other field that differs from the saved value is an error naming it: a resumed run follows the
+    saved trajectory. Shared by `npgpt train`, `npgpt seq2seq train` and `npgpt finetune`."""
     path = Path(out) / CHECKPOINT_NAME
     if not path.exists():
         raise FileNotFoundError(f"--resume: there is no checkpoint {str(path)!r} to resume "
-                                f"(train without --resume first, or pass the run's --out)")
-    saved = ckpt_io.load(path).meta.get("train")
+                                f"(run `{command}` without --resume first, or pass the run's --out)")
+    saved = ckpt_io.load(path).meta.get(section)
     if not isinstance(saved, dict):
-        raise ValueError(f"checkpoint {str(path)!r} was not saved by `npgpt train`: it has no "
+        raise ValueError(f"checkpoint {str(path)!r} was not saved by `{command}`: it has no "
                          f"settings to resume")
-    saved = {**saved, "out": str(out)}
+    saved = cls(**{**saved, "out": str(out)})
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    clash = [f"{k.replace('_', '-')} {v!r} (the run has {saved.get(k)!r})" for k, v in overrides.items()
-             if k not in RESUMABLE_CHANGES and saved.get(k) != v]
+    clash = [f"{k.replace('_', '-')} {v!r} (the run has {getattr(saved, k)!r})"
+             for k, v in overrides.items()
+             if k not in resumable and dataclasses.replace(saved, **{k: v}) != saved]
     if clash:
         raise ValueError("--resume continues the saved run with its own settings, but these differ: "
-                         + ", ".join(clash) + f"; only {', '.join(RESUMABLE_CHANGES)} may change")
-    return TrainConfig(**{**saved, **{k: v for k, v in overrides.items() if k in RESUMABLE_CHANGES}})
+                         + ", ".join(clash) + f"; only {', '.join(resumable)} may change")
+    return dataclasses.replace(saved, **{k: v for k, v in overrides.items() if k in resumable})
 
 
 def _load_corpus(cfg: TrainConfig) -> tuple[str, str]:

@@ -178,23 +178,8 @@ RESUMABLE_CHANGES = ("max_iters", "eval_interval", "checkpoint_interval", "out",
 def resume_config(out, overrides: dict | None = None) -> FinetuneConfig:
     """The FinetuneConfig saved in out/ckpt.safetensors, with overrides of RESUMABLE_CHANGES; an
     override of another setting that differs from the saved one is an error."""
-    path = Path(out) / CHECKPOINT_NAME
-    if not path.exists():
-        raise FileNotFoundError(f"--resume: there is no checkpoint {str(path)!r} to resume "
-                                f"(fine-tune without --resume first, or pass the run's --out)")
-    saved = ckpt_io.load(path).meta.get("finetune")
-    if not isinstance(saved, dict):
-        raise ValueError(f"checkpoint {str(path)!r} was not saved by `npgpt finetune`: it has no "
-                         f"settings to resume")
-    saved = FinetuneConfig(**{**saved, "out": str(out)})
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    clash = [f"{k.replace('_', '-')} {v!r} (the run has {getattr(saved, k)!r})"
-             for k, v in overrides.items()
-             if k not in RESUMABLE_CHANGES and FinetuneConfig(**{**dataclasses.asdict(saved), k: v}) != saved]
-    if clash:
-        raise ValueError("--resume continues the saved run with its own settings, but these differ: "
-                         + ", ".join(clash) + f"; only {', '.join(RESUMABLE_CHANGES)} may change")
-    return dataclasses.replace(saved, **{k: v for k, v in overrides.items() if k in RESUMABLE_CHANGES})
+    from ..train import resumed_settings
+    return resumed_settings(out, FinetuneConfig, "finetune", RESUMABLE_CHANGES, overrides, "npgpt finetune")
 
 
 @dataclass
