@@ -117,17 +117,9 @@ class Seq2SeqTrainConfig:
     def __post_init__(self):
         from .data import TASKS
 
-        def fail(name, expected):
-            raise ValueError(f"Seq2SeqTrainConfig: {name}={getattr(self, name)!r} "
-                             f"(--{name.replace('_', '-')}): expected {expected}")
-
-        def is_int(v):
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-        def is_num(v):
-            return (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-                    and math.isfinite(v))
-
+        from .settings import Checker, is_number
+        check = Checker(self)
+        fail = check.fail
         if self.task is not None and self.data is not None:
             raise ValueError(f"Seq2SeqTrainConfig: task={self.task!r} and data={self.data!r} both "
                              f"given (--task, --data): expected one")
@@ -137,57 +129,34 @@ class Seq2SeqTrainConfig:
             fail("task", f"one of {list(TASKS)}")
         if self.data is not None and not isinstance(self.data, str):
             fail("data", "a file name")
-        for name in ("n_train", "n_test", "min_len", "max_len", "n_digits", "d_model", "n_head",
-                     "layers", "max_iters", "batch_size"):
-            if not (is_int(getattr(self, name)) and getattr(self, name) >= 1):
-                fail(name, "a positive integer")
-        for name in ("seq_len", "d_ff"):
-            value = getattr(self, name)
-            if value is not None and not (is_int(value) and value >= 1):
-                fail(name, "a positive integer (or unset: fitted)")
+        check.integers("n_train", "n_test", "min_len", "max_len", "n_digits", "d_model", "n_head",
+                       "layers", "max_iters", "batch_size")
+        check.integers("seq_len", "d_ff", unset="fitted")
         if self.seq_len is not None and self.seq_len < 2:
             fail("seq_len", "at least 2 (a target symbol and its end-of-sequence token)")
-        for name in ("encoder_layers", "decoder_layers"):
-            value = getattr(self, name)
-            if value is not None and not (is_int(value) and value >= 0):
-                fail(name, "an integer >= 0 (or unset: --layers)")
-        for name in ("warmup", "eval_interval", "checkpoint_interval", "seed", "examples"):
-            if not (is_int(getattr(self, name)) and getattr(self, name) >= 0):
-                fail(name, "an integer >= 0")
-        for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
-            if not (is_num(getattr(self, name)) and getattr(self, name) >= 0):
-                fail(name, "a finite number >= 0")
+        check.integers("encoder_layers", "decoder_layers", low=0, unset="--layers")
+        check.integers("warmup", "eval_interval", "checkpoint_interval", "seed", "examples", low=0)
+        check.numbers("lr", "min_lr", "weight_decay", "grad_clip")
         if not self.lr > 0:
             fail("lr", "a number > 0")
-        if not (is_num(self.eps) and self.eps > 0):
+        if not (is_number(self.eps) and self.eps > 0):
             fail("eps", "a number > 0")
-        if self.schedule not in SCHEDULES:
-            fail("schedule", f"one of {list(SCHEDULES)}")
+        check.choice("schedule", list(SCHEDULES))
         if self.schedule == "cosine" and self.min_lr > self.lr:
             fail("min_lr", f"a number <= lr={self.lr}")
         if self.schedule == "noam" and self.warmup < 1:
             fail("warmup", "at least 1 with --schedule noam (its peak is at step --warmup)")
         if self.schedule != "noam" and self.warmup > self.max_iters:
             fail("warmup", f"at most max-iters={self.max_iters} (lower --warmup with --max-iters)")
-        for name in ("beta1", "beta2"):
-            if not (is_num(getattr(self, name)) and 0 <= getattr(self, name) < 1):
-                fail(name, "a number in [0, 1)")
-        for name in ("dropout", "label_smoothing"):
-            if not (is_num(getattr(self, name)) and 0 <= getattr(self, name) < 1):
-                fail(name, "a number in [0, 1)")
-        if not (is_num(self.test_fraction) and 0 < self.test_fraction < 1):
-            fail("test_fraction", "a number in (0, 1)")
+        check.fractions("beta1", "beta2", "dropout", "label_smoothing")
+        check.fractions("test_fraction", zero=False)
         if self.min_len > self.max_len:
             fail("max_len", f"at least min-len={self.min_len}")
         if self.d_model % self.n_head:
             fail("n_head", f"a divisor of d-model={self.d_model}")
-        for name in ("norm_first", "share_embeddings"):
-            if not isinstance(getattr(self, name), bool):
-                fail(name, "True or False")
-        choices = {"dtype": ("float32", "float64"), "backend": (None, "numpy", "numba", "cuda")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                fail(name, f"one of {[a for a in allowed if a is not None]}")
+        check.flags("norm_first", "share_embeddings")
+        check.choice("dtype", ("float32", "float64"))
+        check.choice("backend", (None, "numpy", "numba", "cuda"))
 
     def model_config(self, vocab_size: int, seq_len: int):
         """The TransformerConfig of the run, for a vocabulary of vocab_size ids."""

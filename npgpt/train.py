@@ -408,53 +408,29 @@ class TrainConfig:
     sample_tokens: int = 300         # tokens sampled and printed at the end (0: none)
 
     def __post_init__(self):
-        def fail(name, expected):
-            raise ValueError(f"TrainConfig: {name}={getattr(self, name)!r} (--{name.replace('_', '-')}): "
-                             f"expected {expected}")
-
-        def is_int(v):
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-        def is_num(v):
-            return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
-                and math.isfinite(v)
-
-        for name in ("vocab_size", "max_iters", "batch_size", "eval_iters"):
-            if not (is_int(getattr(self, name)) and getattr(self, name) >= 1):
-                fail(name, "a positive integer")
-        for name in ("n_layer", "n_head", "n_embd", "block_size"):
-            value = getattr(self, name)
-            if value is not None and not (is_int(value) and value >= 1):
-                fail(name, "a positive integer (or unset: the preset's)")
-        for name in ("warmup", "eval_interval", "checkpoint_interval", "seed", "sample_tokens"):
-            if not (is_int(getattr(self, name)) and getattr(self, name) >= 0):
-                fail(name, "an integer >= 0")
-        for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
-            if not (is_num(getattr(self, name)) and getattr(self, name) >= 0):
-                fail(name, "a finite number >= 0")
+        from .settings import Checker
+        check = Checker(self)
+        fail = check.fail
+        check.integers("vocab_size", "max_iters", "batch_size", "eval_iters")
+        check.integers("n_layer", "n_head", "n_embd", "block_size", unset="the preset's")
+        check.integers("warmup", "eval_interval", "checkpoint_interval", "seed", "sample_tokens", low=0)
+        check.numbers("lr", "min_lr", "weight_decay", "grad_clip")
         if not self.lr > 0:
             fail("lr", "a number > 0")
         if self.min_lr > self.lr:
             fail("min_lr", f"a number <= lr={self.lr}")
-        for name in ("beta1", "beta2"):
-            if not (is_num(getattr(self, name)) and 0 <= getattr(self, name) < 1):
-                fail(name, "a number in [0, 1)")
-        if not (is_num(self.val_fraction) and 0 < self.val_fraction < 1):
-            fail("val_fraction", "a number in (0, 1)")
-        if self.dropout is not None and not (is_num(self.dropout) and 0 <= self.dropout < 1):
-            fail("dropout", "a number in [0, 1) (or unset: the preset's)")
+        check.fractions("beta1", "beta2")
+        check.fractions("val_fraction", zero=False)
+        check.fractions("dropout", unset="the preset's")
         if self.warmup > self.max_iters:
             fail("warmup", f"at most max-iters={self.max_iters} (lower --warmup with --max-iters)")
         if self.tokenizer == "bpe" and self.vocab_size < 257:
             fail("vocab_size", "at least 257 for --tokenizer bpe (256 bytes + <|endoftext|>)")
-        choices = {"tokenizer": ("char", "bpe"), "dtype": ("float32", "float64"),
-                   "backend": (None, "numpy", "numba", "cuda")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                fail(name, f"one of {[a for a in allowed if a is not None]}")
+        check.choice("tokenizer", ("char", "bpe"))
+        check.choice("dtype", ("float32", "float64"))
+        check.choice("backend", (None, "numpy", "numba", "cuda"))
         from .config import GPT_PRESETS
-        if self.preset not in GPT_PRESETS:
-            fail("preset", f"one of {sorted(GPT_PRESETS)}")
+        check.choice("preset", sorted(GPT_PRESETS))
 
     def model_config(self, vocab_size: int):
         """The GPTConfig of the run: the preset, the fields set here, the tokenizer's vocab."""

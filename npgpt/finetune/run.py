@@ -30,12 +30,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from .. import checkpoint as ckpt_io
 from ..train import CHECKPOINT_NAME, TrainResult
@@ -105,48 +103,27 @@ class FinetuneConfig:
 
 
 def _check_config(cfg: FinetuneConfig) -> None:
-    def fail(name, expected):
-        raise ValueError(f"FinetuneConfig: {name}={getattr(cfg, name)!r} "
-                         f"(--{name.replace('_', '-')}): expected {expected}")
-
-    def is_int(v):
-        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-    def is_num(v):
-        return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v)
-
-    for name in ("max_iters", "batch_size", "eval_iters"):
-        if not (is_int(getattr(cfg, name)) and getattr(cfg, name) >= 1):
-            fail(name, "a positive integer")
-    for name in ("n_layer", "n_head", "n_embd", "block_size"):
-        if getattr(cfg, name) is not None and not (is_int(getattr(cfg, name)) and getattr(cfg, name) >= 1):
-            fail(name, "a positive integer (or unset)")
+    from ..settings import Checker, is_int
+    check = Checker(cfg)
+    fail = check.fail
+    check.integers("max_iters", "batch_size", "eval_iters")
+    check.integers("n_layer", "n_head", "n_embd", "block_size", unset="the start's")
     if cfg.warmup is not None and not (is_int(cfg.warmup) and 0 <= cfg.warmup <= cfg.max_iters):
         fail("warmup", f"an integer in [0, max-iters={cfg.max_iters}] (or unset: a tenth of max-iters)")
-    for name in ("eval_interval", "checkpoint_interval", "seed", "data_seed",
-                 "sample_tokens", "lora_rank"):
-        if not (is_int(getattr(cfg, name)) and getattr(cfg, name) >= 0):
-            fail(name, "an integer >= 0")
-    for name in ("lr", "min_lr", "weight_decay", "grad_clip", "aux_lm_weight", "lora_alpha"):
-        if not (is_num(getattr(cfg, name)) and getattr(cfg, name) >= 0):
-            fail(name, "a finite number >= 0")
+    check.integers("eval_interval", "checkpoint_interval", "seed", "data_seed", "sample_tokens",
+                   "lora_rank", low=0)
+    check.numbers("lr", "min_lr", "weight_decay", "grad_clip", "aux_lm_weight", "lora_alpha")
     for name in ("lr", "lora_alpha"):
         if not getattr(cfg, name) > 0:
             fail(name, "a number > 0")
     if cfg.min_lr > cfg.lr:
         fail("min_lr", f"a number <= lr={cfg.lr}")
-    for name in ("beta1", "beta2", "lora_dropout"):
-        if not (is_num(getattr(cfg, name)) and 0 <= getattr(cfg, name) < 1):
-            fail(name, "a number in [0, 1)")
-    if cfg.dropout is not None and not (is_num(cfg.dropout) and 0 <= cfg.dropout < 1):
-        fail("dropout", "a number in [0, 1) (or unset: the start's)")
-    for name in ("val_fraction", "test_fraction"):
-        if not (is_num(getattr(cfg, name)) and 0 < getattr(cfg, name) < 1):
-            fail(name, "a number in (0, 1)")
-    choices = {"task": TASKS, "dtype": ("float32", "float64"), "backend": (None, "numpy", "numba", "cuda")}
-    for name, allowed in choices.items():
-        if getattr(cfg, name) not in allowed:
-            fail(name, f"one of {[a for a in allowed if a is not None]}")
+    check.fractions("beta1", "beta2", "lora_dropout")
+    check.fractions("dropout", unset="the start's")
+    check.fractions("val_fraction", "test_fraction", zero=False)
+    check.choice("task", TASKS)
+    check.choice("dtype", ("float32", "float64"))
+    check.choice("backend", (None, "numpy", "numba", "cuda"))
     if not isinstance(cfg.init, str) or not cfg.init:
         fail("init", "a path, or 'none'")
     scratch = cfg.init == "none"
@@ -156,10 +133,8 @@ def _check_config(cfg: FinetuneConfig) -> None:
             fail(given[0], "unset unless --init none: the model of --init has its own size")
     elif cfg.reinit:
         fail("reinit", "unset with --init none (its weights are random already)")
-    if cfg.preset is not None:
-        from ..config import GPT_PRESETS
-        if cfg.preset not in GPT_PRESETS:
-            fail("preset", f"one of {sorted(GPT_PRESETS)}")
+    from ..config import GPT_PRESETS
+    check.choice("preset", (None, *sorted(GPT_PRESETS)))
     if cfg.task == "lm":
         for name, default in (("test_data", None), ("aux_lm_weight", 0.0)):
             if getattr(cfg, name) != default:
