@@ -500,7 +500,11 @@ class AdamW(_Optimizer):
 
 def _sum_squares(a: np.ndarray) -> float:
     """sum(a^2), squared and summed in float64 chunk by chunk (no BLAS: its threads stall when
-    called many times on small vectors of a busy machine)."""
+    called many times on small vectors of a busy machine). A backend may supply a fused twin
+    (kernels.fused("sum_squares")): one parallel pass, without the float64 scratch."""
+    fused = kernels.fused("sum_squares")
+    if fused is not None:
+        return fused(a)
     a = a.reshape(-1)
     total, scratch = 0.0, np.empty(min(a.size, BLOCK), dtype=np.float64)
     for s, e in _chunks(a.size):

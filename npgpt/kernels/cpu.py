@@ -51,7 +51,9 @@ import numpy as np  # noqa: E402
 
 from . import reference  # noqa: E402
 
-__all__ = ["matmul", "gemm", "attention_forward", "attention_backward", "erf", "warmup"]
+__all__ = ["matmul", "gemm", "attention_forward", "attention_backward", "erf", "warmup",
+           "layernorm_forward", "layernorm_backward", "gelu_tanh_forward", "gelu_tanh_backward",
+           "cross_entropy_forward", "cross_entropy_backward", "adamw_update", "sum_squares"]
 
 import numba  # noqa: E402
 from llvmlite import ir  # noqa: E402
@@ -363,7 +365,8 @@ def _exp_nonpos_impl(x):
         exp(x) = 2^n * exp(r),  n = round(x / ln 2),  r = x - n ln 2 in [-ln2/2, ln2/2]
         exp(r) ~ 1 + r + r^2/2! + ... + r^7/7!       (truncation error < 1e-8 on that interval)
         2^n    = the float whose exponent bits are n + 127 (built from an integer, no call)
-    Below ln(2^-126) ~ -87.3 (the smallest normal float32) the result is 0, so is exp(-inf).
+    Below ln(2^-126) ~ -87.3 (the smallest normal float32) the result is 0, so is exp(-inf);
+    exp(NaN) is NaN (a NaN score or logit must not vanish into a 0).
     Relative error ~1e-7, a float32 ulp or two: the reference tests (1e-5) pass.
     """
     if isinstance(x, types.Float) and x.bitwidth == 64:
@@ -383,7 +386,7 @@ def _exp_nonpos_impl(x):
         p = p * r + np.float32(1.0)
         p = p * r + np.float32(1.0)
         two_n = _float32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
-        return p * two_n if x >= lo else np.float32(0.0)
+        return p * two_n if x >= lo else (np.float32(0.0) if x < lo else x)   # exp(NaN) = NaN
     return exp32
 
 
@@ -779,6 +782,565 @@ def attention_backward(dout, cache):
         dk[:] = 0
         dv[:] = 0
     return dq, dk, dv
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused epilogues: LayerNorm, GELU (tanh), softmax cross-entropy, AdamW, the sum of squares
+# ---------------------------------------------------------------------------------------------
+#
+# The layers in npgpt/nn (and npgpt/optim.py) hold the readable NumPy definition of each of
+# these; they call the kernel here through `kernels.fused(name)` when the backend is "numba",
+# and tests/kernels/test_fused_kernels.py holds each equal to that NumPy code. What a kernel
+# here does that the NumPy form cannot: the NumPy form makes an array-sized temporary per
+# operation (x - mu, its square, ...) and walks memory once per operation; a kernel here reads
+# a row (or a chunk of a flat buffer) once and runs every step of the formula on it while it
+# sits in L1/L2, with no temporaries.
+#
+# Three details make the loops vectorise (16 float32 lanes with AVX-512):
+#   - error_model="numpy": Numba's default tests every float division for a zero divisor, to
+#     raise ZeroDivisionError as Python does, and that branch keeps LLVM from vectorising the
+#     loop (measured: a rational tanh 9 ms -> 1 ms per 3 M elements). With the numpy model a
+#     division is IEEE's (x / 0 = inf), as in NumPy.
+#   - `_maxnum` (LLVM's maxnum) for running maxima: Python's max() compiles to a compare and
+#     a select that LLVM does not vectorise (27.7 us vs 2.5 us per 50257-long row).
+#   - exp and tanh as polynomials (`_exp_nonpos`, `_tanh`) in float32, not libm calls.
+#
+# Threads: below PARALLEL_FROM elements a kernel runs on the calling thread; from there on all
+# of Numba's threads share it. Below that size a parallel launch costs more than it saves
+# (~10-20 us, and more right after a BLAS call: see the module docstring on spinning threads).
+# Sums across rows (LayerNorm's dw and db, the loss, the sum of squares) are added per fixed
+# chunk into partial sums, then the partials in order: no two threads write one number, and
+# the result does not depend on how many threads there are.
+
+_FE = dict(fastmath=_FM, error_model="numpy", cache=True)   # the row and elementwise kernels
+PARALLEL_FROM = 1 << 16      # elements: a kernel on fewer runs on the calling thread
+ROWS_PER_TASK = 16           # rows per parallel task (and per partial sum of LayerNorm's dw, db)
+FLAT_CHUNK = 1 << 16         # elements per parallel task of the flat kernels (AdamW, sum of squares)
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)     # the GELU's constants, as npgpt/nn/activation.py
+GELU_TANH_C = 0.044715
+
+
+@intrinsic
+def _maxnum(typingctx, a, b):
+    """max(a, b) as LLVM's maxnum, which the vectoriser turns into vmaxps over 16 lanes.
+    A NaN argument is ignored (the other is returned): the sums that follow a max still see the
+    NaN (exp(NaN - m) = NaN), so a NaN logit still gives a NaN loss."""
+    sig = a(a, b)
+
+    def codegen(context, builder, signature, args):
+        t = args[0].type
+        fn = builder.module.declare_intrinsic("llvm.maxnum", [t], ir.FunctionType(t, [t, t]))
+        return builder.call(fn, args)
+    return sig, codegen
+
+
+def _tanh(x):
+    """tanh(x), typed by `overload`: libm in float64, a rational function in float32."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+@overload(_tanh, jit_options={"fastmath": {"contract"}, "error_model": "numpy"})
+def _tanh_impl(x):
+    """float64: math.tanh (libm: the reference's np.tanh to an ulp, so float64 stays 1e-12 equal).
+
+    float32: Eigen's rational approximation (generic_fast_tanh_float), which vectorises:
+        tanh(x) ~ x P(x^2) / Q(x^2),   P of degree 6, Q of degree 3 in x^2, x clamped to +-7.905
+        tanh(x) = +-1 exactly for |x| >= 9 (where float32's tanh rounds to 1)
+    The exact +-1 matters to the GELU's derivative, whose (1 - t^2) term is multiplied by ~x^3:
+    with 1 - 2.4e-7 at x = -12 (the clamped value) dx was off by 5e-5. Max absolute (and
+    relative) error 3.9e-7 over [-12, 12] and down to 1e-30, measured against float64 np.tanh
+    (np.tanh in float32: 6e-8); about 1 ms per 3 M elements on one core, as numpy's own SIMD
+    tanh, where math.tanh in Numba is one scalar libm call per element (~9 ms).
+    """
+    if isinstance(x, types.Float) and x.bitwidth == 64:
+        return lambda x: math.tanh(x)
+
+    def tanh32(x):
+        c = np.float32(7.90531110763549805)
+        xc = x if x < c else c
+        xc = xc if xc > -c else -c
+        x2 = xc * xc
+        p = np.float32(-2.76076847742355e-16)
+        p = p * x2 + np.float32(2.00018790482477e-13)
+        p = p * x2 + np.float32(-8.60467152213735e-11)
+        p = p * x2 + np.float32(5.12229709037114e-08)
+        p = p * x2 + np.float32(1.48572235717979e-05)
+        p = p * x2 + np.float32(6.37261928875436e-04)
+        p = p * x2 + np.float32(4.89352455891786e-03)
+        q = np.float32(1.19825839466702e-06)
+        q = q * x2 + np.float32(1.18534705686654e-04)
+        q = q * x2 + np.float32(2.26843463243900e-03)
+        q = q * x2 + np.float32(4.89352518554385e-03)
+        r = xc * p / q
+        one = np.float32(1.0) if x > 0 else np.float32(-1.0)
+        return r if abs(x) < np.float32(9.0) else one     # |x| >= 9: tanh rounds to +-1 in float32
+    return tanh32
+
+
+def _tasks(n_rows: int, row_size: int) -> int:
+    """How many parallel tasks for n_rows rows of row_size elements: 0 means the calling thread."""
+    return 0 if n_rows * row_size < PARALLEL_FROM else (n_rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+
+
+def _as_rows(name: str, x: np.ndarray, width: int | None = None) -> np.ndarray:
+    """x (..., C) as a C-contiguous (N, C) array (a view when it is one already), after checks."""
+    if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64) or x.ndim < 1:
+        raise TypeError(f"{name} has dtype {getattr(x, 'dtype', type(x).__name__)} and shape "
+                        f"{getattr(x, 'shape', None)}: expected a float32 or float64 array")
+    if width is not None and x.shape[-1] != width:
+        raise ValueError(f"{name} has shape {x.shape}: expected the last dimension to be {width}")
+    return np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+
+
+def _check_like(name: str, a, like: np.ndarray, what: str) -> None:
+    if not isinstance(a, np.ndarray) or a.shape != like.shape or a.dtype != like.dtype:
+        raise ValueError(f"{name} has shape {getattr(a, 'shape', None)} and dtype "
+                         f"{getattr(a, 'dtype', None)}: expected {like.shape} {like.dtype}, {what}")
+
+
+# -- LayerNorm -----------------------------------------------------------------------------------
+
+class LayerNormCache(NamedTuple):
+    """The fields of npgpt.nn.norm.LayerNormCache, in its order (either backward reads either)."""
+    x: np.ndarray
+    w: np.ndarray
+    mu: np.ndarray      # (..., 1)
+    rstd: np.ndarray    # (..., 1)
+    has_bias: bool
+
+
+@njit(**_FE)
+def _layernorm_forward_rows(x, w, b, has_bias, eps, y, mu, rstd, i0, i1):
+    """Rows i0 .. i1-1: mu = mean(x_i), rstd = 1 / sqrt(mean((x_i - mu)^2) + eps),
+    y_i = (x_i - mu) * rstd * w + b: two sweeps to reduce, one to write, the row in L1."""
+    C = x.shape[1]
+    dt = x.dtype.type
+    # for each row i: the mean, the variance about it, then y
+    for i in range(i0, i1):
+        xi, yi = x[i], y[i]
+        s = dt(0)
+        for c in range(C):
+            s += xi[c]
+        m = s / dt(C)
+        ss = dt(0)
+        for c in range(C):
+            d = xi[c] - m
+            ss += d * d
+        r = dt(1) / np.sqrt(ss / dt(C) + dt(eps))
+        if has_bias:
+            for c in range(C):
+                yi[c] = (xi[c] - m) * r * w[c] + b[c]
+        else:
+            for c in range(C):
+                yi[c] = (xi[c] - m) * r * w[c]
+        mu[i] = m
+        rstd[i] = r
+
+
+@njit(parallel=True, cache=True)
+def _layernorm_forward_tasks(x, w, b, has_bias, eps, y, mu, rstd, n_tasks):
+    N = x.shape[0]
+    # for each task of ROWS_PER_TASK rows, in parallel
+    for t in prange(n_tasks):
+        _layernorm_forward_rows(x, w, b, has_bias, eps, y, mu, rstd, t * ROWS_PER_TASK,
+                                min(t * ROWS_PER_TASK + ROWS_PER_TASK, N))
+
+
+def layernorm_forward(x, w, b=None, eps=1e-5):
+    """npgpt.nn.norm.layernorm_forward in one pass per row (see that function for the math).
+
+    Each row is read once into L1 and reduced there (mean, then variance about the mean: the
+    same two-pass formula as the reference, so as stable); the NumPy form makes four
+    array-sized temporaries. Returns (y, LayerNormCache) with mu, rstd of shape (..., 1).
+    """
+    x2 = _as_rows("x", x)
+    C = x2.shape[1]
+    _check_like("w", w, np.empty(C, x2.dtype), "the LayerNorm weight")
+    if b is not None:
+        _check_like("b", b, w, "the LayerNorm bias")
+    N = x2.shape[0]
+    y = np.empty_like(x2)
+    mu = np.empty(N, dtype=x2.dtype)
+    rstd = np.empty(N, dtype=x2.dtype)
+    args = (x2, w, w if b is None else b, b is not None, float(eps), y, mu, rstd)
+    n_tasks = _tasks(N, C)
+    if n_tasks:
+        _layernorm_forward_tasks(*args, n_tasks)
+    else:
+        _layernorm_forward_rows(*args, 0, N)
+    stat = x.shape[:-1] + (1,)
+    return y.reshape(x.shape), LayerNormCache(x, w, mu.reshape(stat), rstd.reshape(stat), b is not None)
+
+
+@njit(fastmath={"reassoc"}, error_model="numpy", cache=True)   # no "contract": see the docstring
+def _layernorm_backward_rows(dout, x, w, mu, rstd, dx, dw, db, need_dw, i0, i1):
+    """Rows i0 .. i1-1 of the LayerNorm backward; adds dout * xhat and dout into dw, db (one
+    task's partial sums). With g = dout * w, xhat = (x - mu) * rstd:
+        dx = rstd * (g - mean_C(g) - xhat * mean_C(g * xhat))
+    Without fused multiply-adds: fma(dout, w, -mean_C(g)) would keep the rounding error of g
+    that mean_C(g) has, and with C = 1 (or a constant row) dx would be that error times rstd
+    (~300) instead of exactly 0, as the reference's is."""
+    C = x.shape[1]
+    dt = x.dtype.type
+    # for each row i: the two means, then dx (and the row's share of dw, db)
+    for i in range(i0, i1):
+        xi, di, dxi = x[i], dout[i], dx[i]
+        m, r = mu[i], rstd[i]
+        sg = dt(0)
+        sgx = dt(0)
+        for c in range(C):
+            g = di[c] * w[c]
+            sg += g
+            sgx += g * ((xi[c] - m) * r)
+        mg = sg / dt(C)
+        mgx = sgx / dt(C)
+        for c in range(C):
+            xhat = (xi[c] - m) * r
+            dxi[c] = r * (di[c] * w[c] - mg - xhat * mgx)
+        if need_dw:
+            for c in range(C):
+                dw[c] += di[c] * ((xi[c] - m) * r)
+                db[c] += di[c]
+
+
+@njit(parallel=True, cache=True)
+def _layernorm_backward_tasks(dout, x, w, mu, rstd, dx, dw_parts, db_parts, need_dw, n_tasks):
+    N = x.shape[0]
+    # for each task of ROWS_PER_TASK rows, in parallel: its own row of the partial sums
+    for t in prange(n_tasks):
+        dw_parts[t] = 0
+        db_parts[t] = 0
+        _layernorm_backward_rows(dout, x, w, mu, rstd, dx, dw_parts[t], db_parts[t], need_dw,
+                                 t * ROWS_PER_TASK, min(t * ROWS_PER_TASK + ROWS_PER_TASK, N))
+
+
+def layernorm_backward(dout, cache, need_dw=True):
+    """npgpt.nn.norm.layernorm_backward in one pass per row: (dx, dw, db), dw and db None with
+    need_dw=False, db None without a bias.
+
+    dw = sum_rows(dout * xhat) and db = sum_rows(dout) are reductions across rows, and the rows
+    are shared among threads: each task of ROWS_PER_TASK rows adds into its own row of a
+    (tasks, C) array of partial sums, which are then added up in order (no races, and the same
+    result on any number of threads).
+    """
+    x, w, mu, rstd, has_bias = cache
+    x2 = _as_rows("x", x)
+    N, C = x2.shape
+    _check_like("dout", dout, x, "the shape of the LayerNorm's input")
+    d2 = np.ascontiguousarray(dout).reshape(N, C)
+    dx = np.empty_like(x2)
+    n_tasks = _tasks(N, C)
+    parts = np.zeros((2, max(n_tasks, 1), C), dtype=x2.dtype)       # dw, db partial sums
+    args = (d2, x2, w, np.ascontiguousarray(mu).reshape(N), np.ascontiguousarray(rstd).reshape(N), dx)
+    if n_tasks:
+        _layernorm_backward_tasks(*args, parts[0], parts[1], bool(need_dw), n_tasks)
+    else:
+        _layernorm_backward_rows(*args, parts[0, 0], parts[1, 0], bool(need_dw), 0, N)
+    if not need_dw:
+        return dx.reshape(x.shape), None, None
+    dw, db = parts.sum(axis=1) if n_tasks > 1 else parts[:, 0]
+    return dx.reshape(x.shape), dw, (db if has_bias else None)
+
+
+# -- GELU, the tanh approximation ----------------------------------------------------------------
+
+@njit(**_FE)
+def _gelu_tanh_forward_span(x, y, t, i0, i1):
+    """y = 0.5 x (1 + t), t = tanh(sqrt(2/pi) (x + 0.044715 x^3)), for elements i0 .. i1-1."""
+    xs, ys, ts = x[i0:i1], y[i0:i1], t[i0:i1]
+    dt = x.dtype.type
+    for i in range(xs.shape[0]):
+        v = xs[i]
+        th = _tanh(dt(SQRT_2_OVER_PI) * (v + dt(GELU_TANH_C) * v * v * v))
+        ts[i] = th
+        ys[i] = dt(0.5) * v * (dt(1) + th)
+
+
+@njit(**_FE)
+def _gelu_tanh_backward_span(dout, x, t, dx, i0, i1):
+    """dx = dout * (0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2))."""
+    ds, xs, ts, dxs = dout[i0:i1], x[i0:i1], t[i0:i1], dx[i0:i1]
+    dt = x.dtype.type
+    for i in range(xs.shape[0]):
+        v, th = xs[i], ts[i]
+        du = dt(SQRT_2_OVER_PI) * (dt(1) + dt(3 * GELU_TANH_C) * v * v)
+        dxs[i] = ds[i] * (dt(0.5) * (dt(1) + th) + dt(0.5) * v * (dt(1) - th * th) * du)
+
+
+@njit(parallel=True, cache=True)
+def _gelu_tanh_forward_tasks(x, y, t, n_tasks):
+    n = x.shape[0]
+    # for each task: one contiguous span of the flat arrays, in parallel
+    for k in prange(n_tasks):
+        _gelu_tanh_forward_span(x, y, t, k * n // n_tasks, (k + 1) * n // n_tasks)
+
+
+@njit(parallel=True, cache=True)
+def _gelu_tanh_backward_tasks(dout, x, t, dx, n_tasks):
+    n = x.shape[0]
+    # for each task: one contiguous span of the flat arrays, in parallel
+    for k in prange(n_tasks):
+        _gelu_tanh_backward_span(dout, x, t, dx, k * n // n_tasks, (k + 1) * n // n_tasks)
+
+
+def _flat_tasks(n: int) -> int:
+    return 0 if n < PARALLEL_FROM else (n + FLAT_CHUNK - 1) // FLAT_CHUNK
+
+
+def gelu_tanh_forward(x):
+    """npgpt.nn.activation.gelu_tanh_forward in one pass: (y, (x, t)), t = tanh(u) as the
+    reference keeps it. float32's tanh is the rational approximation of `_tanh` (error <= 3.9e-7,
+    where np.tanh's is 6e-8): vectorised, where Numba's math.tanh is a libm call per element.
+    float64 uses libm's tanh, as the reference does."""
+    flat = _as_rows("x", x).reshape(-1)
+    y = np.empty_like(flat)
+    t = np.empty_like(flat)
+    n_tasks = _flat_tasks(flat.size)
+    if n_tasks:
+        _gelu_tanh_forward_tasks(flat, y, t, n_tasks)
+    else:
+        _gelu_tanh_forward_span(flat, y, t, 0, flat.size)
+    return y.reshape(x.shape), (x, t.reshape(x.shape))
+
+
+def gelu_tanh_backward(dout, cache):
+    """npgpt.nn.activation.gelu_tanh_backward in one pass, from the cache (x, t)."""
+    x, t = cache
+    _check_like("dout", dout, x, "the shape of the GELU's input")
+    flat = _as_rows("x", x).reshape(-1)
+    dx = np.empty_like(flat)
+    args = (_as_rows("dout", dout).reshape(-1), flat, _as_rows("t", t).reshape(-1), dx)
+    n_tasks = _flat_tasks(flat.size)
+    if n_tasks:
+        _gelu_tanh_backward_tasks(*args, n_tasks)
+    else:
+        _gelu_tanh_backward_span(*args, 0, flat.size)
+    return dx.reshape(x.shape)
+
+
+# -- softmax cross-entropy -----------------------------------------------------------------------
+
+class CrossEntropyCache(NamedTuple):
+    """The fields of npgpt.nn.loss.CrossEntropyCache, in its order (either backward reads either)."""
+    logits: np.ndarray
+    lse: np.ndarray        # (N, 1)
+    targets: np.ndarray
+    valid: np.ndarray
+    n_valid: int
+    label_smoothing: float
+    shape: tuple
+
+
+@njit(**_FE)
+def _cross_entropy_forward_rows(x, targets, valid, eps, lse, loss, i0, i1):
+    """Rows i0 .. i1-1: lse_i = m + log sum_v exp(x_iv - m), m = max_v x_iv, and the row's loss
+        (1 - eps) (lse_i - x_i,y) + eps (lse_i - mean_v x_iv)      (0 for an ignored row)
+    A row (200 KiB at V = 50257) is read from memory once: the max sweep brings it into L2, the
+    sum of exponentials reads it from there."""
+    V = x.shape[1]
+    dt = x.dtype.type
+    # for each row: max (and sum, for the smoothing term), then the sum of exp(x - max)
+    for i in range(i0, i1):
+        xi = x[i]
+        m = dt(-np.inf)
+        total = dt(0)
+        for c in range(V):
+            m = _maxnum(m, xi[c])
+            total += xi[c]
+        s = dt(0)
+        for c in range(V):
+            s += _exp_nonpos(xi[c] - m)
+        lse[i] = m + np.log(s)
+        if valid[i]:
+            nll = lse[i] - xi[targets[i]]
+            loss[i] = dt(1 - eps) * nll + dt(eps) * (lse[i] - total / dt(V)) if eps else dt(1 - eps) * nll
+        else:
+            loss[i] = 0
+
+
+@njit(parallel=True, cache=True)
+def _cross_entropy_forward_tasks(x, targets, valid, eps, lse, loss, n_tasks):
+    N = x.shape[0]
+    # for each task of ROWS_PER_TASK rows, in parallel
+    for t in prange(n_tasks):
+        _cross_entropy_forward_rows(x, targets, valid, eps, lse, loss, t * ROWS_PER_TASK,
+                                    min(t * ROWS_PER_TASK + ROWS_PER_TASK, N))
+
+
+@njit(**_FE)
+def _cross_entropy_backward_rows(x, lse, targets, valid, eps, scale, dx, i0, i1):
+    """Rows i0 .. i1-1: dx_i = (softmax(x_i) - q_i) * scale, q_i = (1 - eps) onehot(y_i) + eps / V,
+    computed in the reference's order: ((exp(x - lse) [- (1 - eps) at y_i]) - eps / V) * scale."""
+    V = x.shape[1]
+    dt = x.dtype.type
+    off = dt(eps / V)
+    # for each row: one sweep writes softmax - eps / V, scaled; then the target's entry
+    for i in range(i0, i1):
+        xi, dxi = x[i], dx[i]
+        if not valid[i]:
+            dxi[:] = 0
+            continue
+        li = lse[i]
+        for c in range(V):
+            dxi[c] = (_exp_nonpos(xi[c] - li) - off) * dt(scale)
+        y = targets[i]
+        dxi[y] = ((_exp_nonpos(xi[y] - li) - dt(1 - eps)) - off) * dt(scale)
+
+
+@njit(parallel=True, cache=True)
+def _cross_entropy_backward_tasks(x, lse, targets, valid, eps, scale, dx, n_tasks):
+    N = x.shape[0]
+    # for each task of ROWS_PER_TASK rows, in parallel
+    for t in prange(n_tasks):
+        _cross_entropy_backward_rows(x, lse, targets, valid, eps, scale, dx, t * ROWS_PER_TASK,
+                                     min(t * ROWS_PER_TASK + ROWS_PER_TASK, N))
+
+
+def cross_entropy_forward(x, targets, ignore_index, label_smoothing, shape):
+    """npgpt.nn.loss.cross_entropy_forward on rows already checked and flattened by it:
+    x: (N, V) float, targets: (N,) int64 in [0, V) or ignore_index. Returns (loss, cache).
+
+    One pass over the logits, row by row, in parallel (see `_cross_entropy_forward_rows`); the
+    NumPy form makes three (N, V) temporaries (x - m, its exp, and the smoothing term's mean).
+    The per-row losses are added in float64, in row order.
+    """
+    x = _as_rows("logits", x)
+    N, V = x.shape
+    if not isinstance(targets, np.ndarray) or targets.shape != (N,) or targets.dtype != np.int64:
+        raise ValueError(f"targets has shape {getattr(targets, 'shape', None)} and dtype "
+                         f"{getattr(targets, 'dtype', None)}: expected ({N},) int64")
+    valid = targets != ignore_index
+    n_valid = int(valid.sum())
+    lse = np.empty(N, dtype=x.dtype)
+    loss_rows = np.empty(N, dtype=x.dtype)
+    eps = float(label_smoothing)
+    n_tasks = _tasks(N, V)
+    if n_tasks:
+        _cross_entropy_forward_tasks(x, targets, valid, eps, lse, loss_rows, n_tasks)
+    elif N:
+        _cross_entropy_forward_rows(x, targets, valid, eps, lse, loss_rows, 0, N)
+    loss = float(loss_rows.sum(dtype=np.float64) / n_valid) if n_valid else 0.0
+    return loss, CrossEntropyCache(x, lse.reshape(N, 1), targets, valid, n_valid, eps, tuple(shape))
+
+
+def cross_entropy_backward(dloss, cache, out=None):
+    """npgpt.nn.loss.cross_entropy_backward in one pass over the logits: the gradient written
+    straight into its own (N, V) array (or `out`, an array of the logits' shape and dtype, to
+    reuse one across steps), where the NumPy form makes three (N, V) temporaries."""
+    x, lse, targets, valid, n_valid, eps, shape = cache
+    N, V = x.shape
+    if out is None:
+        out = np.empty(shape, dtype=x.dtype)
+    else:
+        if not isinstance(out, np.ndarray) or out.shape != tuple(shape) or out.dtype != x.dtype \
+                or not out.flags.c_contiguous:
+            raise ValueError(f"out has shape {getattr(out, 'shape', None)} and dtype "
+                             f"{getattr(out, 'dtype', None)}: expected a C-contiguous {tuple(shape)} "
+                             f"{x.dtype} array")
+    if n_valid == 0:
+        out[...] = 0
+        return out
+    dx = out.reshape(N, V)
+    scale = float(dloss) / n_valid
+    args = (x, np.ascontiguousarray(lse).reshape(N), targets, valid, float(eps), scale, dx)
+    n_tasks = _tasks(N, V)
+    if n_tasks:
+        _cross_entropy_backward_tasks(*args, n_tasks)
+    else:
+        _cross_entropy_backward_rows(*args, 0, N)
+    return out
+
+
+# -- AdamW and the sum of squares over flat buffers ----------------------------------------------
+
+@njit(error_model="numpy", cache=True)
+def _adamw_span(p, g, m, v, decay, i0, i1, wd_factor, one_minus_beta1, beta2, one_minus_beta2,
+                bc2_sqrt, eps, neg_step_size):
+    """Elements i0 .. i1-1 of the AdamW step, each operation in npgpt.optim.adamw_update's order
+    and dtype (no fastmath: no fused multiply-add, so the same roundings, bit for bit)."""
+    ps, gs, ms, vs, ds = p[i0:i1], g[i0:i1], m[i0:i1], v[i0:i1], decay[i0:i1]
+    for i in range(ps.shape[0]):
+        pi = ps[i] * wd_factor if ds[i] else ps[i]          # p <- p (1 - lr wd)   where decay
+        gi = gs[i]
+        mi = ms[i] + (gi - ms[i]) * one_minus_beta1           # m <- m + (1 - beta1) (g - m)
+        vi = vs[i] * beta2 + (gi * gi) * one_minus_beta2      # v <- beta2 v + (1 - beta2) g^2
+        denom = np.sqrt(vi) / bc2_sqrt + eps                  # sqrt(v) / sqrt(1 - beta2^t) + eps
+        ps[i] = pi + (mi / denom) * neg_step_size             # p <- p - lr / (1 - beta1^t) m / denom
+        ms[i] = mi
+        vs[i] = vi
+
+
+@njit(parallel=True, cache=True)
+def _adamw_tasks(p, g, m, v, decay, wd_factor, one_minus_beta1, beta2, one_minus_beta2, bc2_sqrt,
+                 eps, neg_step_size, n_tasks):
+    n = p.shape[0]
+    # for each chunk of FLAT_CHUNK elements, in parallel
+    for t in prange(n_tasks):
+        _adamw_span(p, g, m, v, decay, t * FLAT_CHUNK, min(t * FLAT_CHUNK + FLAT_CHUNK, n),
+                    wd_factor, one_minus_beta1, beta2, one_minus_beta2, bc2_sqrt, eps, neg_step_size)
+
+
+def adamw_update(p, g, m, v, decay, lr, beta1, beta2, eps, weight_decay, step) -> None:
+    """npgpt.optim.adamw_update as one parallel pass over the flat buffers, in place (p, m, v).
+
+    The NumPy form walks each 64 K chunk nine times (one ufunc per operation); this reads
+    p, g, m, v, decay once and writes p, m, v once: the update is bound by memory bandwidth.
+    Every operation is the NumPy form's, in its order, with its constants rounded to the dtype
+    as NumPy rounds them (a Python float meets a float32 array as a float32): equal bit for bit.
+    """
+    for name, a in (("g", g), ("m", m), ("v", v)):
+        _check_like(name, a, p, "the shape and dtype of p")
+    if not isinstance(p, np.ndarray) or p.ndim != 1 or p.dtype not in (np.float32, np.float64):
+        raise TypeError(f"p has dtype {getattr(p, 'dtype', None)} and shape {getattr(p, 'shape', None)}: "
+                        f"expected a 1-D float32 or float64 array")
+    if not isinstance(decay, np.ndarray) or decay.shape != p.shape or decay.dtype != np.bool_:
+        raise ValueError(f"decay has shape {getattr(decay, 'shape', None)} and dtype "
+                         f"{getattr(decay, 'dtype', None)}: expected a bool array of shape {p.shape}")
+    for name, a in (("p", p), ("g", g), ("m", m), ("v", v)):
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{name} is not contiguous: expected a slice of a flat buffer")
+    dt = p.dtype.type
+    consts = (dt(1 - lr * weight_decay) if weight_decay != 0 else dt(1), dt(1 - beta1), dt(beta2),
+              dt(1 - beta2), dt((1 - beta2 ** step) ** 0.5), dt(eps), dt(-(lr / (1 - beta1 ** step))))
+    n_tasks = _flat_tasks(p.size)
+    if n_tasks:
+        _adamw_tasks(p, g, m, v, decay, *consts, n_tasks)
+    elif p.size:
+        _adamw_span(p, g, m, v, decay, 0, p.size, *consts)
+
+
+@njit(fastmath=_FM, cache=True)
+def _sum_squares_span(a, i0, i1):
+    """sum(a[i0:i1]^2), each element squared and added in float64 (16 float64 partial sums)."""
+    s = 0.0
+    xs = a[i0:i1]
+    for i in range(xs.shape[0]):
+        x = np.float64(xs[i])
+        s += x * x
+    return s
+
+
+@njit(parallel=True, cache=True)
+def _sum_squares_tasks(a, parts):
+    n = a.shape[0]
+    # for each chunk of FLAT_CHUNK elements, in parallel: its own partial sum
+    for t in prange(parts.shape[0]):
+        parts[t] = _sum_squares_span(a, t * FLAT_CHUNK, min(t * FLAT_CHUNK + FLAT_CHUNK, n))
+
+
+def sum_squares(a: np.ndarray) -> float:
+    """sum(a^2) in float64 (npgpt.optim's clip_grad_norm's), one parallel pass: each chunk of
+    FLAT_CHUNK elements summed on its own, then the chunks' sums in order."""
+    if not isinstance(a, np.ndarray) or a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"a has dtype {getattr(a, 'dtype', type(a).__name__)}: expected a float32 "
+                        f"or float64 array")
+    flat = np.ascontiguousarray(a).reshape(-1)
+    n_tasks = _flat_tasks(flat.size)
+    if not n_tasks:
+        return float(_sum_squares_span(flat, 0, flat.size)) if flat.size else 0.0
+    parts = np.empty(n_tasks, dtype=np.float64)
+    _sum_squares_tasks(flat, parts)
+    return float(parts.sum())
 
 
 # ---------------------------------------------------------------------------------------------

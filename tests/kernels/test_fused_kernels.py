@@ -1,0 +1,323 @@
+"""The Numba backend's fused kernels against the NumPy code that defines them.
+
+Each fused kernel in npgpt/kernels/cpu.py replaces a few lines of NumPy in npgpt/nn (LayerNorm,
+GELU-tanh, cross-entropy) or npgpt/optim.py (the AdamW update, the sum of squares); that NumPy
+code, run on the "numpy" backend, is the reference here.
+
+Tolerances (relative error max|a - b| / max(|a| + |b|), tests/helpers.py), and why that size:
+    float64  1e-12   the kernels sum in another order (SIMD lanes, chunks): a few ulps per sum
+    float32  1e-5    the same, plus float32's polynomial exp (~1e-7) and rational tanh (3.9e-7)
+    AdamW    0       the same operations in the same order and dtype, no fused multiply-add:
+                     equal bit for bit
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from npgpt import kernels, optim
+from npgpt.nn import activation, loss, norm
+
+cpu = pytest.importorskip("npgpt.kernels.cpu", reason="numba is not available")
+
+from tests.helpers import assert_close  # noqa: E402
+
+TOL = {np.float32: 1e-5, np.float64: 1e-12}
+DTYPES = st.sampled_from([np.float32, np.float64])
+# leading shapes of the rows: one row, a few, a batch of sequences; widths around a SIMD width
+LEAD = st.sampled_from([(1,), (3,), (2, 5), (4, 33)])
+WIDTH = st.sampled_from([1, 2, 7, 16, 31, 64, 129])
+
+
+PATH = st.sampled_from(["calling thread", "parallel"])
+
+
+@contextlib.contextmanager
+def kernel_path(path):
+    """Run a kernel on the calling thread, or split into parallel tasks however small it is."""
+    saved = cpu.PARALLEL_FROM
+    cpu.PARALLEL_FROM = 0 if path == "parallel" else 2**62
+    try:
+        yield
+    finally:
+        cpu.PARALLEL_FROM = saved
+
+
+def _normal(rng, shape, dtype, scale=1.0, shift=0.0):
+    return (rng.standard_normal(shape) * scale + shift).astype(dtype)
+
+
+def numpy_backend(fn, *args):
+    with kernels.backend("numpy"):
+        return fn(*args)
+
+
+# ------------------------------------------------------------------------------------- LayerNorm
+
+@settings(max_examples=15)
+@given(path=PATH, lead=LEAD, C=WIDTH, dtype=DTYPES, bias=st.booleans(), need_dw=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_layernorm_equals_the_numpy_layer(path, lead, C, dtype, bias, need_dw, seed):
+    with kernel_path(path):
+        _layernorm_equals_the_numpy_layer_body(lead, C, dtype, bias, need_dw, seed)
+
+
+def _layernorm_equals_the_numpy_layer_body(lead, C, dtype, bias, need_dw, seed):
+    rng = np.random.default_rng(seed)
+    x = _normal(rng, (*lead, C), dtype, scale=rng.uniform(0.1, 5), shift=rng.uniform(-3, 3))
+    w, b = _normal(rng, C, dtype), (_normal(rng, C, dtype) if bias else None)
+    dout = _normal(rng, x.shape, dtype)
+    want, want_cache = numpy_backend(norm.layernorm_forward, x, w, b)
+    got, got_cache = cpu.layernorm_forward(x, w, b)
+    tol = TOL[dtype]
+    assert got.dtype == dtype and got.shape == x.shape
+    assert_close("layernorm y", got, want, tol)
+    for name in ("mu", "rstd"):
+        assert getattr(got_cache, name).shape == getattr(want_cache, name).shape
+        assert_close(f"layernorm {name}", getattr(got_cache, name), getattr(want_cache, name), tol)
+    grads = cpu.layernorm_backward(dout, got_cache, need_dw)
+    for name, g, r in zip(("dx", "dw", "db"), grads,
+                          numpy_backend(norm.layernorm_backward, dout, want_cache, need_dw)):
+        assert (g is None) == (r is None), name
+        if r is not None:
+            assert g.dtype == dtype
+            assert_close(f"layernorm {name}", g, r, tol)
+
+
+def test_layernorm_caches_are_interchangeable():
+    """Same fields in the same order: either backend's backward reads either cache."""
+    assert cpu.LayerNormCache._fields == norm.LayerNormCache._fields
+    rng = np.random.default_rng(0)
+    x, w, b, dout = _normal(rng, (3, 8), np.float64), np.ones(8), np.zeros(8), _normal(rng, (3, 8), np.float64)
+    _, numpy_cache = numpy_backend(norm.layernorm_forward, x, w, b)
+    for g, r in zip(cpu.layernorm_backward(dout, numpy_cache),
+                    numpy_backend(norm.layernorm_backward, dout, numpy_cache)):
+        assert_close("dx, dw, db from the numpy cache", g, r, 1e-12)
+
+
+def test_layernorm_backward_of_a_constant_row_is_exactly_zero():
+    """C = 1 (or a constant row): xhat = 0 and g - mean(g) = 0 exactly, as in the reference."""
+    dx, _, _ = cpu.layernorm_backward(np.array([[0.3]], np.float32),
+                                      cpu.layernorm_forward(np.array([[2.0]], np.float32),
+                                                            np.array([1.5], np.float32))[1])
+    assert dx[0, 0] == 0
+
+
+def test_layernorm_sums_do_not_depend_on_the_number_of_tasks(monkeypatch):
+    rng = np.random.default_rng(1)
+    x, dout = _normal(rng, (5 * cpu.ROWS_PER_TASK + 3, 24), np.float32), _normal(rng, (83, 24), np.float32)
+    w = _normal(rng, 24, np.float32)
+    _, cache = cpu.layernorm_forward(x, w, w)
+    serial = cpu.layernorm_backward(dout, cache)
+    monkeypatch.setattr(cpu, "PARALLEL_FROM", 0)
+    for a, b in zip(serial, cpu.layernorm_backward(dout, cache)):
+        assert_close("serial vs parallel", a, b, 1e-6)
+    np.testing.assert_array_equal(cpu.layernorm_backward(dout, cache)[1],
+                                  cpu.layernorm_backward(dout, cache)[1])
+
+
+# ------------------------------------------------------------------------------------------ GELU
+
+@settings(max_examples=15)
+@given(path=PATH, lead=LEAD, C=WIDTH, dtype=DTYPES, scale=st.sampled_from([0.5, 3.0, 12.0]),
+       seed=st.integers(0, 2**16))
+def test_gelu_tanh_equals_the_numpy_layer(path, lead, C, dtype, scale, seed):
+    with kernel_path(path):
+        _gelu_tanh_equals_the_numpy_layer_body(lead, C, dtype, scale, seed)
+
+
+def _gelu_tanh_equals_the_numpy_layer_body(lead, C, dtype, scale, seed):
+    rng = np.random.default_rng(seed)
+    x = _normal(rng, (*lead, C), dtype, scale=scale)
+    dout = _normal(rng, x.shape, dtype)
+    want, (_, want_t) = numpy_backend(activation.gelu_tanh_forward, x)
+    got, got_cache = cpu.gelu_tanh_forward(x)
+    tol = TOL[dtype]
+    assert got.dtype == dtype and got_cache[0] is x
+    assert_close("gelu y", got, want, tol)
+    assert_close("gelu tanh(u)", got_cache[1], want_t, tol)
+    assert_close("gelu dx", cpu.gelu_tanh_backward(dout, got_cache),
+                 numpy_backend(activation.gelu_tanh_backward, dout, (x, want_t)), tol)
+
+
+def test_float32_tanh_error_is_as_documented():
+    """The rational tanh of float32: max abs error 3.9e-7 measured (docstring of cpu._tanh)."""
+    x = np.concatenate([np.linspace(-12, 12, 200_001), np.logspace(-30, 1, 2001),
+                        -np.logspace(-30, 1, 2001), [0.0, np.inf, -np.inf]]).astype(np.float32)
+    _, (_, t) = cpu.gelu_tanh_forward(x)           # t = tanh(sqrt(2/pi) (x + 0.044715 x^3))
+    u = math.sqrt(2 / math.pi) * (x.astype(np.float64) + 0.044715 * x.astype(np.float64) ** 3)
+    with np.errstate(invalid="ignore", over="ignore"):
+        err = np.abs(t - np.tanh(u))
+    assert np.nanmax(err[np.isfinite(x)]) < 4e-7
+    assert t[-2] == 1 and t[-1] == -1
+
+
+# -------------------------------------------------------------------------------- cross-entropy
+
+@settings(max_examples=15)
+@given(path=PATH, N=st.sampled_from([1, 5, 40]), V=st.sampled_from([1, 2, 17, 65, 1000]), dtype=DTYPES,
+       smoothing=st.sampled_from([0.0, 0.1]), ignored=st.sampled_from(["none", "some", "all"]),
+       dloss=st.sampled_from([1.0, 0.37]), seed=st.integers(0, 2**16))
+def test_cross_entropy_equals_the_numpy_loss(path, N, V, dtype, smoothing, ignored, dloss, seed):
+    with kernel_path(path):
+        _cross_entropy_equals_the_numpy_loss_body(N, V, dtype, smoothing, ignored, dloss, seed)
+
+
+def _cross_entropy_equals_the_numpy_loss_body(N, V, dtype, smoothing, ignored, dloss, seed):
+    rng = np.random.default_rng(seed)
+    logits = _normal(rng, (N, V), dtype, scale=rng.uniform(0.5, 20))
+    targets = rng.integers(0, V, N)
+    if ignored == "some":
+        targets[::3] = -100
+    elif ignored == "all":
+        targets[:] = -100
+    want, want_cache = numpy_backend(loss.cross_entropy_forward, logits, targets, -100, smoothing)
+    got, got_cache = loss.cross_entropy_forward(logits, targets, -100, smoothing)   # numba's fused
+    assert isinstance(got_cache, cpu.CrossEntropyCache)
+    assert got == pytest.approx(want, rel=TOL[dtype], abs=TOL[dtype])
+    assert_close("lse", got_cache.lse, want_cache.lse, TOL[dtype])
+    grad = loss.cross_entropy_backward(dloss, got_cache)
+    assert grad.dtype == dtype and grad.shape == logits.shape
+    assert_close("dlogits", grad, numpy_backend(loss.cross_entropy_backward, dloss, want_cache), TOL[dtype])
+
+
+def test_cross_entropy_of_a_gpt2_sized_row():
+    """V = 50257: every row sweeps several SIMD blocks and leaves a ragged end."""
+    rng = np.random.default_rng(3)
+    logits, targets = _normal(rng, (3, 4, 50257), np.float32, scale=4.0), rng.integers(0, 50257, (3, 4))
+    want, want_cache = numpy_backend(loss.cross_entropy_forward, logits, targets)
+    got, got_cache = cpu.cross_entropy_forward(logits.reshape(12, -1), targets.reshape(-1), -100, 0.0,
+                                               logits.shape)
+    assert got == pytest.approx(want, rel=1e-6)
+    grad = cpu.cross_entropy_backward(1.0, got_cache)
+    assert grad.shape == logits.shape
+    assert_close("dlogits", grad, numpy_backend(loss.cross_entropy_backward, 1.0, want_cache), 1e-5)
+
+
+def test_cross_entropy_backward_writes_into_out():
+    rng = np.random.default_rng(4)
+    logits, targets = _normal(rng, (2, 3, 11), np.float64), rng.integers(0, 11, (2, 3))
+    _, cache = cpu.cross_entropy_forward(logits.reshape(6, 11), targets.reshape(-1), -100, 0.1,
+                                         logits.shape)
+    out = np.full(logits.shape, np.nan)
+    assert cpu.cross_entropy_backward(0.5, cache, out=out) is out
+    assert_close("out", out, cpu.cross_entropy_backward(0.5, cache), 0)
+    with pytest.raises(ValueError, match="out has shape"):
+        cpu.cross_entropy_backward(0.5, cache, out=np.empty((6, 11)))
+
+
+def test_cross_entropy_caches_are_interchangeable():
+    assert cpu.CrossEntropyCache._fields == loss.CrossEntropyCache._fields
+
+
+def test_a_nan_logit_gives_a_nan_loss():
+    """The vectorised max ignores a NaN, but the sum of exponentials does not."""
+    logits = np.zeros((2, 40), np.float32)
+    logits[1, 7] = np.nan
+    value, _ = cpu.cross_entropy_forward(logits, np.array([0, 0]), -100, 0.0, logits.shape)
+    assert math.isnan(value)
+
+
+# ---------------------------------------------------------------------------------------- AdamW
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 17, 3 * cpu.FLAT_CHUNK + 5])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_adamw_update_equals_numpy_bit_for_bit(dtype, n, weight_decay):
+    rng = np.random.default_rng(n)
+    p, g, m = (_normal(rng, n, dtype) for _ in range(3))
+    v = rng.random(n).astype(dtype)
+    decay = rng.random(n) < 0.5
+    want = [a.copy() for a in (p, m, v)]
+    for step in (1, 2, 10):
+        optim.adamw_update(*want[:1], g, *want[1:], decay, 3e-3, 0.9, 0.95, 1e-8, weight_decay, step)
+        cpu.adamw_update(p, g, m, v, decay, 3e-3, 0.9, 0.95, 1e-8, weight_decay, step)
+        for name, got, ref in zip("pmv", (p, m, v), want):
+            np.testing.assert_array_equal(got, ref, err_msg=f"{name} after step {step}")
+
+
+def test_adamw_optimizer_on_numba_equals_numpy_bit_for_bit():
+    """The whole optimizer (param groups, flat buffers) on both backends: the same numbers."""
+    rng = np.random.default_rng(5)
+    shapes = [(40, 30), (30,), (3, 2, 7)]
+    runs = {}
+    for name in ("numpy", "numba"):
+        params = [optim.Parameter(np.random.default_rng(i).standard_normal(s).astype(np.float32))
+                  for i, s in enumerate(shapes)]
+        opt = optim.AdamW([{"params": params[:2], "weight_decay": 0.1}, {"params": params[2:], "lr": 1e-2}],
+                          lr=3e-3, betas=(0.9, 0.95))
+        grads = np.random.default_rng(6)
+        with kernels.backend(name):
+            for _ in range(4):
+                for p in params:
+                    p.grad[...] = grads.standard_normal(p.shape)
+                optim.clip_grad_norm(opt, 1.0)
+                opt.step()
+        runs[name] = [p.data.copy() for p in params]
+    del rng
+    for a, b in zip(runs["numpy"], runs["numba"]):
+        assert_close("AdamW numba vs numpy", a, b, 1e-6)      # clip's norm is summed in another order
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 5, 2 * cpu.FLAT_CHUNK + 3])
+def test_sum_squares_equals_numpy(dtype, n):
+    a = _normal(np.random.default_rng(n), (n,), dtype)
+    assert cpu.sum_squares(a) == pytest.approx(numpy_backend(optim._sum_squares, a), rel=1e-13, abs=0)
+    assert cpu.sum_squares(a.reshape(1, -1)[:, ::-1]) == pytest.approx(cpu.sum_squares(a), rel=1e-13)
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+BAD_CALLS = {
+    "layernorm w dtype": (lambda: cpu.layernorm_forward(np.ones((2, 3), np.float32), np.ones(3)),
+                          ValueError, "w has shape"),
+    "layernorm w shape": (lambda: cpu.layernorm_forward(np.ones((2, 3)), np.ones(4)), ValueError, "w has shape"),
+    "layernorm int x": (lambda: cpu.layernorm_forward(np.ones((2, 3), int), np.ones(3)), TypeError, "x has dtype"),
+    "layernorm dout": (lambda: cpu.layernorm_backward(np.ones((2, 4)), cpu.layernorm_forward(
+        np.ones((2, 3)), np.ones(3))[1]), ValueError, "dout has shape"),
+    "gelu int": (lambda: cpu.gelu_tanh_forward(np.ones(3, int)), TypeError, "x has dtype"),
+    "gelu dout": (lambda: cpu.gelu_tanh_backward(np.ones(3, np.float32), cpu.gelu_tanh_forward(np.ones(3))[1]),
+                  ValueError, "dout has shape"),
+    "cross-entropy targets": (lambda: cpu.cross_entropy_forward(np.ones((2, 5)), np.zeros(3, np.int64), -100,
+                                                                0.0, (2, 5)), ValueError, "targets has shape"),
+    "adamw dtypes": (lambda: cpu.adamw_update(np.ones(4), np.ones(4, np.float32), np.ones(4), np.ones(4),
+                                              np.ones(4, bool), 1e-3, 0.9, 0.99, 1e-8, 0.0, 1),
+                     ValueError, "g has shape"),
+    "adamw decay": (lambda: cpu.adamw_update(*(np.ones(4) for _ in range(4)), np.ones(3, bool), 1e-3, 0.9,
+                                             0.99, 1e-8, 0.0, 1), ValueError, "decay has shape"),
+    "adamw strided": (lambda: cpu.adamw_update(*(np.ones(8)[::2] for _ in range(4)), np.ones(4, bool), 1e-3,
+                                               0.9, 0.99, 1e-8, 0.0, 1), ValueError, "not contiguous"),
+    "sum_squares int": (lambda: cpu.sum_squares(np.ones(3, int)), TypeError, "a has dtype"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_CALLS)
+def test_bad_input_raises_before_compiled_code(monkeypatch, name):
+    def must_not_run(*args):
+        raise AssertionError("compiled code ran on bad input")
+    call, error, match = BAD_CALLS[name]
+    # let the setup calls (a forward to get a cache) run, then forbid every compiled kernel
+    for kernel in [k for k in vars(cpu) if k.startswith(("_layernorm_backward", "_gelu_tanh_backward",
+                                                          "_cross_entropy", "_adamw", "_sum_squares"))]:
+        monkeypatch.setattr(cpu, kernel, must_not_run)
+    if not name.endswith(("dout",)):
+        for kernel in [k for k in vars(cpu) if k.startswith(("_layernorm_forward", "_gelu_tanh_forward"))]:
+            monkeypatch.setattr(cpu, kernel, must_not_run)
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_the_registry_serves_the_fused_kernels_only_on_numba():
+    names = ("layernorm_forward", "layernorm_backward", "gelu_tanh_forward", "gelu_tanh_backward",
+             "cross_entropy_forward", "cross_entropy_backward", "adamw_update", "sum_squares")
+    with kernels.backend("numba"):
+        assert all(kernels.fused(n) is getattr(cpu, n) for n in names)
+    with kernels.backend("numpy"):
+        assert all(kernels.fused(n) is None for n in names)
