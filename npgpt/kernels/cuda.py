@@ -34,10 +34,12 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import NamedTuple
 
 import numpy as np
 from numba import config, cuda
+from numba.core.errors import NumbaPerformanceWarning
 
 from . import reference
 
@@ -62,7 +64,9 @@ def check_available() -> None:
     """
     try:
         flag = cuda.to_device(np.zeros(1, dtype=np.float32))
-        _probe[1, 1](flag)
+        with warnings.catch_warnings():              # "grid size 1 ... under-utilization": on purpose
+            warnings.simplefilter("ignore", NumbaPerformanceWarning)
+            _probe[1, 1](flag)
         ok = flag.copy_to_host()[0] == 1
     except Exception as e:        # no driver, no GPU, no NVVM: numba's own message says which
         reason = " ".join(f"{type(e).__name__}: {e}".split())
