@@ -51,9 +51,10 @@ import numpy as np  # noqa: E402
 
 from . import reference  # noqa: E402
 
-__all__ = ["matmul", "gemm", "attention_forward", "attention_backward", "erf", "warmup",
+__all__ = ["matmul", "matmul_add", "gemm", "attention_forward", "attention_backward", "erf", "warmup",
            "layernorm_forward", "layernorm_backward", "gelu_tanh_forward", "gelu_tanh_backward",
-           "cross_entropy_forward", "cross_entropy_backward", "adamw_update", "sum_squares"]
+           "cross_entropy_forward", "cross_entropy_backward", "adamw_update", "sum_squares",
+           "embedding_backward"]
 
 import numba  # noqa: E402
 from llvmlite import ir  # noqa: E402
@@ -328,13 +329,106 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
     Takes numpy's BLAS (np.matmul) or `gemm`, whichever measured faster for the shape on this
     machine (`_gemm_wins`): BLAS for every shape measured so far (see _gemm_wins).
+    With a 2-D b, a's leading axes are flattened into one (M', K) product, as the reference does
+    (np.matmul would make one BLAS call per (M, K) slice, packing all of b each time).
     """
     _check_matmul(a, b)
-    if (b.ndim == 2 and a.dtype in (np.float32, np.float64)
-            and _gemm_wins(int(np.prod(a.shape[:-1])), a.shape[-1], b.shape[1])):
-        out = gemm(a.reshape(-1, a.shape[-1]), b)                   # (..., M, K) -> (M', K)
+    if b.ndim == 2 and a.ndim > 2:
+        out = matmul(a.reshape(-1, a.shape[-1]), b)                 # (..., M, K) -> (M', K)
         return out.reshape(a.shape[:-1] + (b.shape[1],))           # (M', N) -> (..., M, N)
+    if (b.ndim == 2 and a.dtype in (np.float32, np.float64)
+            and _gemm_wins(a.shape[0], a.shape[1], b.shape[1])):
+        return gemm(a, b)
     return np.matmul(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# c += a @ b in one BLAS call: numpy's own OpenBLAS, through its CBLAS interface
+# ---------------------------------------------------------------------------------------------
+
+_CBLAS = {}     # {"s" | "d": the ?gemm function of numpy's OpenBLAS}, filled by _cblas_gemm
+
+
+def _cblas_gemm(dtype):
+    """cblas_sgemm / cblas_dgemm of the OpenBLAS that numpy itself loaded, or None.
+
+    numpy >= 2's wheels ship OpenBLAS with 64-bit integers and prefixed symbols
+    (scipy_cblas_sgemm64_); only those (or plain openblas64_ builds: cblas_sgemm64_) are used,
+    since their integer width is known. The first use checks one small product against
+    np.matmul; any doubt (another BLAS, a missing symbol, a wrong answer) and matmul_add falls
+    back to the reference's c += a @ b.
+    """
+    import ctypes
+
+    kind = "s" if dtype == np.float32 else "d"
+    if kind in _CBLAS:
+        return _CBLAS[kind]
+    _CBLAS[kind] = None
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line})
+    except OSError:
+        return None
+    real = ctypes.c_float if kind == "s" else ctypes.c_double
+    for path in paths:
+        lib = ctypes.CDLL(path)
+        for name in (f"scipy_cblas_{kind}gemm64_", f"cblas_{kind}gemm64_"):
+            if hasattr(lib, name):
+                fn = getattr(lib, name)
+                i64, ptr = ctypes.c_int64, ctypes.c_void_p
+                fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64, i64, real, ptr, i64,
+                               ptr, i64, real, ptr, i64]
+                fn.restype = None
+                _CBLAS[kind] = fn
+                rng = np.random.default_rng(0)
+                a, b, c0 = (rng.standard_normal(s).astype(dtype) for s in ((5, 3), (3, 4), (5, 4)))
+                c = c0.copy()
+                if _blas_matmul_add(c, a.T.copy().T, b) and np.allclose(c, c0 + a @ b, rtol=1e-5, atol=1e-5):
+                    return fn
+                _CBLAS[kind] = None
+                return None
+    return None
+
+
+def _blas_layout(x: np.ndarray):
+    """(transposed?, leading dimension) of a 2-D array as a row-major BLAS operand, or None if
+    neither its rows nor its columns are contiguous."""
+    item = x.itemsize
+    if x.strides[1] == item and x.strides[0] >= max(1, x.shape[1]) * item:
+        return False, x.strides[0] // item
+    if x.strides[0] == item and x.strides[1] >= max(1, x.shape[0]) * item:
+        return True, x.strides[1] // item       # x is the transpose of a row-major array
+    return None
+
+
+def _blas_matmul_add(c, a, b) -> bool:
+    """c += a @ b with gemm's beta = 1, if the BLAS and the layouts allow; True if done."""
+    fn = _CBLAS.get("s" if c.dtype == np.float32 else "d")
+    la, lb, lc = _blas_layout(a), _blas_layout(b), _blas_layout(c)
+    if fn is None or la is None or lb is None or lc is None or lc[0]:
+        return False
+    row_major, no_trans, trans = 101, 111, 112
+    M, K = a.shape
+    N = b.shape[1]
+    fn(row_major, trans if la[0] else no_trans, trans if lb[0] else no_trans, M, N, K, 1.0,
+       a.ctypes.data, la[1], b.ctypes.data, lb[1], 1.0, c.ctypes.data, lc[1])
+    return True
+
+
+def matmul_add(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """c += a @ b in place (the reference's matmul_add), as one BLAS product: gemm computes
+    C = alpha A B + beta C, and beta = 1 adds into c while the product is formed.
+
+    np.matmul has no such form: `c += a @ b` makes a temporary of c's size, then walks c again
+    to add it. For GPT-2's tied head that is a 154 MB array per step, freshly paged in: its
+    dW = dlogits^T x took ~370 ms of CPU this way against ~210 ms as one product (one core).
+    a and b may be transposed views (the backward's X^T dY): they go to BLAS as they are.
+    """
+    reference.check_matmul_add(c, a, b)
+    if c.size and a.shape[1] and _cblas_gemm(c.dtype) is not None and _blas_matmul_add(c, a, b):
+        return c
+    c += np.matmul(a, b)
+    return c
 
 
 # ---------------------------------------------------------------------------------------------
@@ -813,7 +907,7 @@ def attention_backward(dout, cache):
 # the result does not depend on how many threads there are.
 
 _FE = dict(fastmath=_FM, error_model="numpy", cache=True)   # the row and elementwise kernels
-PARALLEL_FROM = 1 << 16      # elements: a kernel on fewer runs on the calling thread
+PARALLEL_FROM = 1 << 20      # elements: a kernel on fewer runs on the calling thread
 ROWS_PER_TASK = 16           # rows per parallel task (and per partial sum of LayerNorm's dw, db)
 FLAT_CHUNK = 1 << 16         # elements per parallel task of the flat kernels (AdamW, sum of squares)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)     # the GELU's constants, as npgpt/nn/activation.py
@@ -1251,6 +1345,45 @@ def cross_entropy_backward(dloss, cache, out=None):
     return out
 
 
+# -- the embedding's scatter-add ------------------------------------------------------------------
+
+@njit(fastmath=_FM, cache=True)
+def _scatter_add_rows(out, idx, rows):
+    """out[idx[i]] += rows[i] for every i, in order (a repeated id gets every row, summed)."""
+    # for each token i: one row of the table gets its gradient row
+    for i in range(idx.shape[0]):
+        o, r = out[idx[i]], rows[i]
+        for c in range(r.shape[0]):
+            o[c] += r[c]
+
+
+def embedding_backward(dout, cache, out=None):
+    """npgpt.nn.embedding.embedding_backward: dW[idx[i]] += dout[i], added into `out` (V, C) when
+    given (the Module passes its .grad), else into a new zero table; returns it.
+
+    np.add.at is numpy's unbuffered scatter, general and slow: ~0.9 ms for the baby model's
+    768 rows of 128, ~1.7 ms for GPT-2's 256 of 768; this loop: a few microseconds per row.
+    On the calling thread: two tokens may share a row, so rows cannot be split among threads
+    without partial tables.
+    """
+    idx, V = cache
+    rows = _as_rows("dout", dout)
+    flat = np.asarray(idx).reshape(-1)
+    if flat.shape[0] != rows.shape[0]:
+        raise ValueError(f"dout has shape {getattr(dout, 'shape', None)}: expected one row per token id "
+                         f"({flat.shape[0]} ids)")
+    if out is None:
+        out = np.zeros((V, rows.shape[1]), dtype=rows.dtype)
+    elif not isinstance(out, np.ndarray) or out.shape != (V, rows.shape[1]) or out.dtype != rows.dtype \
+            or not out.flags.c_contiguous:
+        raise ValueError(f"out has shape {getattr(out, 'shape', None)} and dtype {getattr(out, 'dtype', None)}: "
+                         f"expected a C-contiguous ({V}, {rows.shape[1]}) {rows.dtype} array")
+    if flat.size and (flat.min() < 0 or flat.max() >= V):
+        raise ValueError(f"token ids out of range [0, {V}): min {flat.min()}, max {flat.max()}")
+    _scatter_add_rows(out, flat.astype(np.int64, copy=False), rows)
+    return out
+
+
 # -- AdamW and the sum of squares over flat buffers ----------------------------------------------
 
 @njit(error_model="numpy", cache=True)
@@ -1393,9 +1526,42 @@ def warmup(dtypes=("float32",)) -> dict[str, float]:
                 out, cache = forward(q, k, v, True, bias)
                 attention_backward(out, cache)
 
+        def both_paths(call):
+            """The calling-thread and the parallel variant (each is compiled on its own)."""
+            global PARALLEL_FROM
+            saved = PARALLEL_FROM
+            try:
+                for PARALLEL_FROM in (2**62, 0):
+                    call()
+            finally:
+                PARALLEL_FROM = saved
+
+        def layernorm():
+            y, cache = layernorm_forward(a, a[0], a[0])
+            layernorm_backward(y, cache)
+            layernorm_backward(y, layernorm_forward(a, a[0])[1], need_dw=False)
+
+        def gelu():
+            y, cache = gelu_tanh_forward(a)
+            gelu_tanh_backward(y, cache)
+
+        def cross_entropy():
+            loss, cache = cross_entropy_forward(a, np.arange(9) % 7, -100, 0.1, a.shape)
+            cross_entropy_backward(1.0, cache)
+
+        flat = a.reshape(-1)
         for kernel, call in (("gemm", lambda: (gemm(a, b), gemm(a.T.T, b.T.T), gemm(b.T, a.T))),
                              ("attention", attention),
-                             ("erf", lambda: erf(a))):
+                             ("erf", lambda: erf(a)),
+                             ("layernorm", lambda: both_paths(layernorm)),
+                             ("gelu_tanh", lambda: both_paths(gelu)),
+                             ("cross_entropy", lambda: both_paths(cross_entropy)),
+                             ("adamw", lambda: both_paths(lambda: adamw_update(
+                                 flat.copy(), flat, flat.copy(), flat * flat, flat > 0, 1e-3, 0.9, 0.99,
+                                 1e-8, 0.1, 1))),
+                             ("sum_squares", lambda: both_paths(lambda: sum_squares(flat))),
+                             ("embedding", lambda: embedding_backward(a, (np.arange(9) % 3, 3))),
+                             ("matmul_add", lambda: matmul_add(a.T @ a, a.T, a))):
             t = time.perf_counter()
             call()
             seconds[f"{kernel}[{name}]"] = time.perf_counter() - t

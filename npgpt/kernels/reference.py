@@ -13,11 +13,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["matmul", "attention_forward", "attention_backward", "attention_mask", "erf"]
+__all__ = ["matmul", "matmul_add", "attention_forward", "attention_backward", "attention_mask", "erf"]
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b for (..., M, K) @ (K, N) or batched (..., M, K) @ (..., K, N)."""
+    """a @ b for (..., M, K) @ (K, N) or batched (..., M, K) @ (..., K, N).
+
+    With a 2-D b the leading axes of a are flattened first, (B, T, K) -> (B*T, K): one product
+    instead of one per (T, K) slice, which is what np.matmul would do, repacking b for each
+    (measured: (4, 64, 768) @ (768, 50257) 250 ms as 4 products, 205 ms as one, on one core).
+    """
     if a.ndim < 2 or b.ndim < 2:
         raise ValueError(f"matmul: a has shape {a.shape} and b {b.shape}: expected at least 2-D arrays")
     if a.shape[-1] != b.shape[-2]:
@@ -25,7 +30,35 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
                          f"expected a.shape[-1] == b.shape[-2]")
     if a.dtype != b.dtype:
         raise TypeError(f"matmul: a has dtype {a.dtype} and b {b.dtype}: expected the same dtype")
+    if b.ndim == 2 and a.ndim > 2:
+        out = np.matmul(a.reshape(-1, a.shape[-1]), b)              # (..., M, K) -> (M', K) @ (K, N)
+        return out.reshape(a.shape[:-1] + (b.shape[1],))           # (M', N) -> (..., M, N)
     return np.matmul(a, b)
+
+
+def check_matmul_add(c, a, b) -> None:
+    """Raise a clear error unless c += a @ b fits: 2-D arrays of one float dtype, c (M, N)."""
+    for name, t in (("c", c), ("a", a), ("b", b)):
+        if not isinstance(t, np.ndarray) or t.ndim != 2:
+            raise ValueError(f"matmul_add: {name} has shape {getattr(t, 'shape', type(t).__name__)}: "
+                             f"expected a 2-D array")
+    if not (c.dtype == a.dtype == b.dtype) or c.dtype not in (np.float32, np.float64):
+        raise TypeError(f"matmul_add: c, a, b have dtypes {c.dtype}, {a.dtype}, {b.dtype}: expected "
+                        f"one dtype, float32 or float64")
+    if a.shape[1] != b.shape[0] or c.shape != (a.shape[0], b.shape[1]):
+        raise ValueError(f"matmul_add: c has shape {c.shape}, a {a.shape}, b {b.shape}: expected "
+                         f"(M, N), (M, K), (K, N)")
+
+
+def matmul_add(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """c += a @ b in place, for 2-D arrays; returns c.
+
+    What a layer's backward does to add a weight's gradient into its .grad. Here it is the
+    formula, with a temporary a @ b; a backend may do it as one product with no temporary.
+    """
+    check_matmul_add(c, a, b)
+    c += matmul(a, b)
+    return c
 
 
 _erf_object = np.frompyfunc(math.erf, 1, 1)

@@ -140,9 +140,10 @@ class GPT(Module):
         W = self.wte.weight
         if W.requires_grad:
             # forward: logits = x @ W^T   ->   dW = dlogits^T @ x   (V, C), added to the table's
-            # gradient: the embedding's own contribution arrives later, in wte.backward
+            # gradient (in one product, no (V, C) temporary): the embedding's own contribution
+            # arrives later, in wte.backward
             d2 = dlogits.reshape(-1, dlogits.shape[-1])                   # (N, V)
-            W.grad += matmul(d2.T, x.reshape(-1, x.shape[-1]))
+            kernels.get("matmul_add")(W.grad, d2.T, x.reshape(-1, x.shape[-1]))
         return matmul(dlogits, W.data)                                    # dx = dlogits @ W
 
     # -- generation --------------------------------------------------------------------------

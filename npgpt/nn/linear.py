@@ -23,7 +23,7 @@ def linear_forward(x, w, b=None):
     return y, (x, w, b is not None)
 
 
-def linear_backward(dout, cache, need_dx=True, need_dw=True):
+def linear_backward(dout, cache, need_dx=True, need_dw=True, dw_out=None):
     """Gradients of linear_forward: (dx, dw, db); db is None without a bias.
 
         forward: y = x @ W + b     (rows of x flattened to X: (N, in), dY: (N, out))
@@ -32,6 +32,8 @@ def linear_backward(dout, cache, need_dx=True, need_dw=True):
         db = sum_rows(dY)          (out,)
     need_dx / need_dw=False skip work whose result nobody uses (the first layer's input, a
     frozen weight); the skipped gradient is returned as None.
+    dw_out: an (in, out) array to add dW into, returned as dw (the Module passes its .grad):
+    one product dw_out += X^T @ dY, with no dW-sized temporary (kernels' matmul_add).
     """
     x, w, has_bias = cache
     matmul = kernels.get("matmul")
@@ -39,7 +41,10 @@ def linear_backward(dout, cache, need_dx=True, need_dw=True):
     dout2 = dout.reshape(-1, dout.shape[-1])              # (..., out) -> (N, out)
     if need_dw:
         x2 = x.reshape(-1, x.shape[-1])                   # (..., in) -> (N, in)
-        dw = matmul(x2.T, dout2)
+        if dw_out is None:
+            dw = matmul(x2.T, dout2)
+        else:
+            dw = kernels.get("matmul_add")(dw_out, x2.T, dout2)   # dw_out += X^T @ dY
     else:
         dw = None
     db = dout2.sum(axis=0) if has_bias else None
@@ -66,10 +71,9 @@ class Linear(Module):
         return y
 
     def backward(self, dout, need_dx=True):
-        dx, dw, db = linear_backward(dout, self._cache, need_dx=need_dx,
-                                     need_dw=self.weight.requires_grad)
-        if dw is not None:
-            self.weight.grad += dw
+        dx, _, db = linear_backward(dout, self._cache, need_dx=need_dx,
+                                    need_dw=self.weight.requires_grad,
+                                    dw_out=self.weight.grad)        # adds dW into .grad
         if db is not None and self.bias.requires_grad:
             self.bias.grad += db
         return dx

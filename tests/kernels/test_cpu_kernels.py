@@ -284,5 +284,7 @@ def test_registry_serves_the_numba_kernels():
 
 def test_warmup_reports_seconds_per_kernel():
     seconds = cpu.warmup(("float64",))
-    assert set(seconds) == {"gemm[float64]", "attention[float64]", "erf[float64]"}
+    assert set(seconds) == {"gemm[float64]", "attention[float64]", "erf[float64]", "layernorm[float64]",
+                            "gelu_tanh[float64]", "cross_entropy[float64]", "adamw[float64]",
+                            "sum_squares[float64]", "matmul_add[float64]", "embedding[float64]"}
     assert all(s >= 0 and math.isfinite(s) for s in seconds.values())

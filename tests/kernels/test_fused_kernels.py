@@ -22,7 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npgpt import kernels, optim
-from npgpt.nn import activation, loss, norm
+from npgpt.kernels import reference
+from npgpt.nn import activation, embedding, loss, norm
 
 cpu = pytest.importorskip("npgpt.kernels.cpu", reason="numba is not available")
 
@@ -224,6 +225,23 @@ def test_a_nan_logit_gives_a_nan_loss():
     assert math.isnan(value)
 
 
+# ------------------------------------------------------------------------------------ Embedding
+
+@settings(max_examples=15)
+@given(shape=st.sampled_from([(1,), (3, 5), (4, 64)]), V=st.sampled_from([1, 3, 65]), C=WIDTH,
+       dtype=DTYPES, into=st.booleans(), seed=st.integers(0, 2**16))
+def test_embedding_backward_equals_numpy_add_at(shape, V, C, dtype, into, seed):
+    """Repeated ids (V small against the tokens) must receive every row, summed."""
+    rng = np.random.default_rng(seed)
+    idx, dout = rng.integers(0, V, shape), _normal(rng, (*shape, C), dtype)
+    start = _normal(rng, (V, C), dtype)
+    want = numpy_backend(embedding.embedding_backward, dout, (idx, V), start.copy() if into else None)
+    out = start.copy() if into else None
+    got = cpu.embedding_backward(dout, (idx, V), out)
+    assert got.dtype == dtype and (got is out if into else True)
+    assert_close("embedding dW", got, want, TOL[dtype])
+
+
 # ---------------------------------------------------------------------------------------- AdamW
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -295,6 +313,12 @@ BAD_CALLS = {
     "adamw strided": (lambda: cpu.adamw_update(*(np.ones(8)[::2] for _ in range(4)), np.ones(4, bool), 1e-3,
                                                0.9, 0.99, 1e-8, 0.0, 1), ValueError, "not contiguous"),
     "sum_squares int": (lambda: cpu.sum_squares(np.ones(3, int)), TypeError, "a has dtype"),
+    "embedding rows": (lambda: cpu.embedding_backward(np.ones((2, 4)), (np.zeros(3, int), 5)), ValueError,
+                       "one row per token"),
+    "embedding out": (lambda: cpu.embedding_backward(np.ones((3, 4)), (np.zeros(3, int), 5), np.ones((5, 3))),
+                      ValueError, "out has shape"),
+    "embedding ids": (lambda: cpu.embedding_backward(np.ones((3, 4)), (np.array([0, 5, 1]), 5)), ValueError,
+                      "out of range"),
 }
 
 
@@ -305,7 +329,8 @@ def test_bad_input_raises_before_compiled_code(monkeypatch, name):
     call, error, match = BAD_CALLS[name]
     # let the setup calls (a forward to get a cache) run, then forbid every compiled kernel
     for kernel in [k for k in vars(cpu) if k.startswith(("_layernorm_backward", "_gelu_tanh_backward",
-                                                          "_cross_entropy", "_adamw", "_sum_squares"))]:
+                                                          "_cross_entropy", "_adamw", "_sum_squares",
+                                                          "_scatter_add_rows"))]:
         monkeypatch.setattr(cpu, kernel, must_not_run)
     if not name.endswith(("dout",)):
         for kernel in [k for k in vars(cpu) if k.startswith(("_layernorm_forward", "_gelu_tanh_forward"))]:
@@ -316,8 +341,74 @@ def test_bad_input_raises_before_compiled_code(monkeypatch, name):
 
 def test_the_registry_serves_the_fused_kernels_only_on_numba():
     names = ("layernorm_forward", "layernorm_backward", "gelu_tanh_forward", "gelu_tanh_backward",
-             "cross_entropy_forward", "cross_entropy_backward", "adamw_update", "sum_squares")
+             "cross_entropy_forward", "cross_entropy_backward", "adamw_update", "sum_squares",
+             "embedding_backward")
     with kernels.backend("numba"):
         assert all(kernels.fused(n) is getattr(cpu, n) for n in names)
     with kernels.backend("numpy"):
         assert all(kernels.fused(n) is None for n in names)
+
+
+# ------------------------------------------------------------------------------------- matmul_add
+
+@settings(max_examples=20)
+@given(M=st.integers(1, 40), K=st.integers(0, 40), N=st.integers(1, 40), dtype=DTYPES,
+       layout=st.sampled_from(["nn", "tn", "nt", "tt"]), seed=st.integers(0, 2**16))
+def test_matmul_add_equals_reference(M, K, N, dtype, layout, seed):
+    """c += a @ b as one BLAS product (gemm's beta = 1), a and b possibly transposed views."""
+    rng = np.random.default_rng(seed)
+    a = _normal(rng, (K, M), dtype).T if layout[0] == "t" else _normal(rng, (M, K), dtype)
+    b = _normal(rng, (N, K), dtype).T if layout[1] == "t" else _normal(rng, (K, N), dtype)
+    c = _normal(rng, (M, N), dtype)
+    want = reference.matmul_add(c.copy(), a, b)
+    assert cpu.matmul_add(c, a, b) is c
+    assert_close(f"matmul_add {layout}", c, want, TOL[dtype])
+
+
+def test_matmul_add_uses_one_blas_product_here():
+    """numpy's OpenBLAS exports the ILP64 CBLAS on this install: no fallback to c += a @ b."""
+    c = np.zeros((3, 2), np.float32)
+    cpu.matmul_add(c, np.ones((3, 4), np.float32), np.ones((4, 2), np.float32))
+    assert cpu._CBLAS.get("s") is not None, "matmul_add fell back to a temporary"
+    np.testing.assert_array_equal(c, 4)
+
+
+def test_matmul_add_falls_back_without_blas(monkeypatch):
+    monkeypatch.setitem(cpu._CBLAS, "d", None)
+    rng = np.random.default_rng(2)
+    c, a, b = rng.standard_normal((4, 3)), rng.standard_normal((5, 4)).T, rng.standard_normal((5, 3))
+    want = c + a @ b
+    assert_close("fallback", cpu.matmul_add(c, a, b), want, 1e-15)
+
+
+def test_matmul_add_strided_operands_fall_back_correctly():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((6, 8))[::2, ::2]          # neither rows nor columns contiguous
+    b, c = rng.standard_normal((4, 5)), rng.standard_normal((3, 5))
+    want = c + a @ b
+    assert_close("strided", cpu.matmul_add(c, a, b), want, 1e-14)
+
+
+@pytest.mark.parametrize("c, a, b, error", [
+    (np.zeros((2, 3)), np.zeros((2, 4)), np.zeros((5, 3)), ValueError),           # K mismatch
+    (np.zeros((2, 2)), np.zeros((2, 4)), np.zeros((4, 3)), ValueError),           # c's shape
+    (np.zeros((2, 3), np.float32), np.zeros((2, 4)), np.zeros((4, 3)), TypeError),
+    (np.zeros((2, 3)), np.zeros(4), np.zeros((4, 3)), ValueError),                # 1-D
+])
+def test_matmul_add_bad_input_raises_before_blas(monkeypatch, c, a, b, error):
+    monkeypatch.setattr(cpu, "_blas_matmul_add", lambda *args: pytest.fail("BLAS ran on bad input"))
+    with pytest.raises(error, match="matmul_add"):
+        cpu.matmul_add(c, a, b)
+    with pytest.raises(error, match="matmul_add"):
+        reference.matmul_add(c, a, b)
+
+
+def test_matmul_of_stacked_rows_is_one_product_and_equals_numpy():
+    """(B, T, K) @ (K, N) is flattened to one (B T, K) product; the values are np.matmul's."""
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((3, 5, 7)), rng.standard_normal((7, 2))
+    for matmul in (reference.matmul, cpu.matmul):
+        got = matmul(a, b)
+        assert got.shape == (3, 5, 2)
+        assert_close("stacked matmul", got, np.matmul(a, b), 1e-14)
+        assert_close("transposed a", matmul(a.transpose(1, 0, 2), b), np.matmul(a.transpose(1, 0, 2), b), 1e-14)
