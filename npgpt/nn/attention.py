@@ -30,6 +30,25 @@ def merge_heads(x):
     return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)
 
 
+def split_qkv_heads(qkv, n_head: int):
+    """(B, T, 3C) -> q, k, v, each (B, H, T, D) and contiguous: split_heads of each third, in one
+    copy (the three are slices of one (3, B, H, T, D) array)."""
+    B, T, C3 = qkv.shape
+    heads = qkv.reshape(B, T, 3, n_head, C3 // (3 * n_head)).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D)
+    q, k, v = np.ascontiguousarray(heads)
+    return q, k, v
+
+
+def merge_qkv_heads(dq, dk, dv):
+    """Three (B, H, T, D) -> (B, T, 3C): merge_heads of each, side by side, written straight into
+    one array (no concatenate of three merged copies)."""
+    B, H, T, D = dq.shape
+    out = np.empty((B, T, 3, H, D), dtype=dq.dtype)
+    for i, d in enumerate((dq, dk, dv)):
+        out[:, :, i] = d.transpose(0, 2, 1, 3)                  # (B, H, T, D) -> (B, T, H, D)
+    return out.reshape(B, T, 3 * H * D)
+
+
 class KVCache:
     """The keys and values of the positions seen so far, for one attention layer at inference.
 
@@ -117,9 +136,9 @@ class MultiHeadAttention(Module):
                 raise ValueError(f"memory has batch size {memory.shape[0]}: expected {x.shape[0]}, as x")
             q = self.q_proj.forward(x)                               # (B, T, C)
             k, v = np.split(self.kv_proj.forward(memory), 2, axis=-1)
+            q, k, v = split_heads(q, H), split_heads(k, H), split_heads(v, H)   # (B, H, T, D)
         else:
-            q, k, v = np.split(self.c_attn.forward(x), 3, axis=-1)   # (B, T, 3C) -> 3 x (B, T, C)
-        q, k, v = split_heads(q, H), split_heads(k, H), split_heads(v, H)   # (B, H, T, D)
+            q, k, v = split_qkv_heads(self.c_attn.forward(x), H)     # (B, T, 3C) -> 3 x (B, H, T, D)
         if kv_cache is not None:
             k, v = kv_cache.append(k, v)
         p = self.dropout if self.training and kv_cache is None else 0.0
@@ -136,13 +155,13 @@ class MultiHeadAttention(Module):
                                "(forward with a kv_cache keeps nothing)")
         dout_heads = split_heads(self.c_proj.backward(dout), self.n_head)    # (B, H, T, D)
         dq, dk, dv = kernels.get("attention_backward")(dout_heads, self._cache)
-        dq, dk, dv = merge_heads(dq), merge_heads(dk), merge_heads(dv)      # 3 x (B, T, C)
         if self.cross:
+            dq, dk, dv = merge_heads(dq), merge_heads(dk), merge_heads(dv)  # 3 x (B, T, C)
             dx = self.q_proj.backward(dq, need_dx=need_dx)
             dmemory = self.kv_proj.backward(np.concatenate([dk, dv], axis=-1))
             return dx, dmemory
         # forward: q, k, v = split(x @ W_attn + b)  ->  the three gradients side by side
-        return self.c_attn.backward(np.concatenate([dq, dk, dv], axis=-1), need_dx=need_dx)
+        return self.c_attn.backward(merge_qkv_heads(dq, dk, dv), need_dx=need_dx)   # (B, T, 3C)
 
     def extra_repr(self):
         kind = "cross" if self.cross else ("causal" if self.causal else "bidirectional")
