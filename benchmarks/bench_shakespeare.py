@@ -100,54 +100,11 @@ def run_npgpt(data, iters, seed, backend) -> dict:
 # -- PyTorch --------------------------------------------------------------------------------------
 
 def torch_gpt(vocab_size, seed):
-    """GPT-2's architecture in torch.nn, initialised as npgpt's GPT (N(0, 0.02), residual
-    projections N(0, 0.02 / sqrt(2 n_layer)), tied head)."""
-    import torch
-    from torch import nn
-    from torch.nn import functional as F
+    """GPT-2's architecture in torch.nn (benchmarks/common.py), with SETTINGS' sizes."""
+    import common
 
     s = SETTINGS
-    C, H, L, T = s["n_embd"], s["n_head"], s["n_layer"], s["block_size"]
-
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.ln_1, self.ln_2 = nn.LayerNorm(C), nn.LayerNorm(C)
-            self.c_attn, self.attn_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
-            self.c_fc, self.mlp_proj = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
-
-        def forward(self, x):
-            B, T_, _ = x.shape
-            q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
-            q, k, v = (t.view(B, T_, H, C // H).transpose(1, 2) for t in (q, k, v))   # (B, H, T, D)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            x = x + self.attn_proj(y.transpose(1, 2).reshape(B, T_, C))
-            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
-
-    class GPT(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.wte, self.wpe = nn.Embedding(vocab_size, C), nn.Embedding(T, C)
-            self.h = nn.ModuleList(Block() for _ in range(L))
-            self.ln_f = nn.LayerNorm(C)
-
-        def forward(self, idx, targets):
-            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
-            for block in self.h:
-                x = block(x)
-            logits = self.ln_f(x) @ self.wte.weight.T
-            return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
-
-    torch.manual_seed(seed)
-    model = GPT()
-    for name, p in model.named_parameters():
-        if name.endswith("_proj.weight"):
-            nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * L))
-        elif p.dim() == 2:
-            nn.init.normal_(p, 0.0, 0.02)
-        elif name.endswith("bias"):
-            nn.init.zeros_(p)
-    return model
+    return common.torch_gpt(vocab_size, s["n_layer"], s["n_head"], s["n_embd"], s["block_size"], seed)
 
 
 def run_torch(data, iters, seed, threads) -> dict:
@@ -161,11 +118,7 @@ def run_torch(data, iters, seed, threads) -> dict:
     tok, train, val = load_data(data)
     model = torch_gpt(tok.vocab_size, seed)
     # npgpt's rule: weight decay on the Linear weights; not on embeddings, biases, LayerNorms
-    decays = {n: p.dim() == 2 and not n.startswith(("wte", "wpe")) for n, p in model.named_parameters()}
-    decay = [p for n, p in model.named_parameters() if decays[n]]
-    no_decay = [p for n, p in model.named_parameters() if not decays[n]]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": s["weight_decay"]},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=s["lr"], betas=s["betas"])
+    opt = torch.optim.AdamW(common.torch_decay_groups(model, s["weight_decay"]), lr=s["lr"], betas=s["betas"])
     schedule = warmup_cosine(s["lr"], min(s["warmup"], iters), iters, s["min_lr"])
     from npgpt.data import get_batch
     rng = np.random.default_rng(seed)

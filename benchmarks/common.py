@@ -4,7 +4,12 @@ Import this module first in a benchmark script: it imports torch (when installed
 so that torch's OpenMP runtime reads the environment as the user left it, before
 npgpt.kernels.cpu sets OMP_WAIT_POLICY=PASSIVE for Numba's threads. Each library thus runs with
 the thread settings it would have on its own; only the thread *count* is made equal
-(torch.set_num_threads(numba.get_num_threads())).
+(torch.set_num_threads(numba.get_num_threads())). A worker process that times npgpt alone sets
+NPGPT_BENCH_NO_TORCH=1 first: torch is then not imported at all (its OpenMP threads would share
+the cores with npgpt's).
+
+NPGPT_BENCH_RESULTS=DIR writes the tables and plots to DIR instead of benchmarks/results/
+(`npgpt bench` uses it, so that a quick run does not overwrite the measured results).
 """
 
 from __future__ import annotations
@@ -17,14 +22,16 @@ import sys
 import time
 from pathlib import Path
 
-try:                                 # before npgpt: see the module docstring
-    import torch
-except ImportError:                  # torch is an optional peer
-    torch = None
+torch = None
+if not os.environ.get("NPGPT_BENCH_NO_TORCH"):
+    try:                             # before npgpt: see the module docstring
+        import torch
+    except ImportError:              # torch is an optional peer
+        torch = None
 
 import numpy as np  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(os.environ.get("NPGPT_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def time_call(fn, repeats: int = 7, min_seconds: float = 0.0) -> dict:
@@ -102,8 +109,8 @@ def environment() -> dict:
     return env
 
 
-def _openblas_setter():
-    """numpy's OpenBLAS `set_num_threads`, found among the loaded libraries, or None."""
+def _openblas_function(*names):
+    """The first of `names` exported by a loaded OpenBLAS (numpy's), or None."""
     import ctypes
     try:
         maps = Path("/proc/self/maps").read_text().splitlines()
@@ -112,11 +119,49 @@ def _openblas_setter():
     paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line})
     for path in paths:
         lib = ctypes.CDLL(path)
-        for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
-                     "openblas_set_num_threads"):
+        for name in names:
             if hasattr(lib, name):
                 return getattr(lib, name)
     return None
+
+
+def _openblas_setter():
+    """numpy's OpenBLAS `set_num_threads`, found among the loaded libraries, or None."""
+    return _openblas_function("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
+                              "openblas_set_num_threads")
+
+
+def openblas_info() -> str | None:
+    """numpy's OpenBLAS as it runs here: its build string, the kernel it chose for this CPU
+    (e.g. SkylakeX: AVX-512) and its thread count; None when numpy's BLAS is not OpenBLAS."""
+    import ctypes
+    config = _openblas_function("scipy_openblas_get_config64_", "openblas_get_config64_",
+                                "openblas_get_config")
+    core = _openblas_function("scipy_openblas_get_corename64_", "openblas_get_corename64_",
+                              "openblas_get_corename")
+    threads = _openblas_function("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_",
+                                 "openblas_get_num_threads")
+    if config is None:
+        return None
+    for f in (config, core):
+        if f is not None:
+            f.restype = ctypes.c_char_p
+    parts = [config().decode().strip()]
+    if core is not None:
+        parts.append(f"kernel {core().decode()}")
+    if threads is not None:
+        parts.append(f"{threads()} threads")
+    return ", ".join(parts)
+
+
+def torch_blas_info() -> str | None:
+    """The BLAS torch was built with (its build settings' BLAS_INFO) and its thread count."""
+    if torch is None:
+        return None
+    show = torch.__config__.show()
+    blas = next((s.split("=", 1)[1] for s in show.replace(",", " ").split() if s.startswith("BLAS_INFO=")),
+                "unknown")
+    return f"{blas}, {torch.get_num_threads()} threads"
 
 
 def set_blas_threads(n: int) -> bool:
@@ -199,3 +244,64 @@ def pyplot():
     except ImportError:
         print("  (matplotlib is not installed: no plot)")
         return None
+
+
+def torch_gpt(vocab_size: int, n_layer: int, n_head: int, n_embd: int, block_size: int, seed: int = 0):
+    """GPT-2's architecture in torch.nn, eager, as npgpt's GPT (pre-LN blocks, GELU-tanh, learned
+    positions, tied head, biases), initialised as npgpt does (N(0, 0.02); the residual
+    projections N(0, 0.02 / sqrt(2 n_layer)); biases 0). forward(idx, targets) -> mean loss.
+    Attention is torch's fused scaled_dot_product_attention, causal."""
+    import math
+
+    from torch import nn
+    from torch.nn import functional as F
+
+    C, H, L = n_embd, n_head, n_layer
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.ln_2 = nn.LayerNorm(C), nn.LayerNorm(C)
+            self.c_attn, self.attn_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
+            self.c_fc, self.mlp_proj = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
+
+        def forward(self, x):
+            B, T_, _ = x.shape
+            q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+            q, k, v = (t.view(B, T_, H, C // H).transpose(1, 2) for t in (q, k, v))   # (B, H, T, D)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.attn_proj(y.transpose(1, 2).reshape(B, T_, C))
+            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte, self.wpe = nn.Embedding(vocab_size, C), nn.Embedding(block_size, C)
+            self.h = nn.ModuleList(Block() for _ in range(L))
+            self.ln_f = nn.LayerNorm(C)
+
+        def forward(self, idx, targets):
+            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+            for block in self.h:
+                x = block(x)
+            logits = self.ln_f(x) @ self.wte.weight.T
+            return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+
+    torch.manual_seed(seed)
+    model = GPT()
+    for name, p in model.named_parameters():
+        if name.endswith("_proj.weight"):
+            nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * L))
+        elif p.dim() == 2:
+            nn.init.normal_(p, 0.0, 0.02)
+        elif name.endswith("bias"):
+            nn.init.zeros_(p)
+    return model
+
+
+def torch_decay_groups(model, weight_decay: float) -> list[dict]:
+    """npgpt's weight-decay rule as torch param groups: the Linear weights decay; embeddings,
+    biases and LayerNorms do not."""
+    decays = {n: p.dim() == 2 and not n.startswith(("wte", "wpe")) for n, p in model.named_parameters()}
+    return [{"params": [p for n, p in model.named_parameters() if decays[n]], "weight_decay": weight_decay},
+            {"params": [p for n, p in model.named_parameters() if not decays[n]], "weight_decay": 0.0}]

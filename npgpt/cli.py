@@ -186,7 +186,54 @@ def run_sample(args) -> int:
     return 0
 
 
-COMMANDS = [add_gradcheck, add_train, add_sample, add_seq2seq, add_finetune]
+# -- bench -------------------------------------------------------------------------------------
+
+# --what -> (the script in benchmarks/, its quick default flags)
+_BENCH = {
+    "step": ("bench_step.py", ["--models", "baby", "--rounds", "1", "--steps", "5"]),
+    "gemm": ("bench_gemm.py", ["--quick", "--no-one-thread"]),
+    "attention": ("bench_attention.py", ["--T", "64", "256", "--repeats", "3", "--no-memory"]),
+}
+
+
+def add_bench(sub):
+    p = sub.add_parser("bench", help="time npgpt against PyTorch on this machine (benchmarks/*.py)",
+                       description="Run a benchmark of a source checkout (benchmarks/bench_*.py, the code "
+                                   "behind the README's Speed tables) with a quick default set: a GPT "
+                                   "training step (baby model, NumPy and Numba backends and PyTorch, one "
+                                   "round), GEMM throughput, or attention. --full runs the script's own "
+                                   "defaults; flags after -- go to the script.")
+    p.add_argument("--what", choices=sorted(_BENCH), default="step",
+                   help="training step, matrix products or attention (default: step)")
+    p.add_argument("--full", action="store_true",
+                   help="the script's full default set, as the README's tables were made (minutes)")
+    p.add_argument("--out", default="bench-results", metavar="DIR",
+                   help="folder for the tables and plots (default: bench-results; the repository's "
+                        "benchmarks/results only if named here)")
+    p.add_argument("script_args", nargs=argparse.REMAINDER, metavar="-- FLAGS",
+                   help="further flags for the script, e.g. -- --models gpt2 --rounds 3")
+    p.set_defaults(run=run_bench)
+
+
+def run_bench(args) -> int:
+    import subprocess
+    from pathlib import Path
+
+    script, quick = _BENCH[args.what]
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / script
+    if not path.is_file():
+        print(f"npgpt bench: error: {path} not found: the benchmarks live in a source checkout of npgpt "
+              f"(git clone, then pip install -e .)", file=sys.stderr)
+        return 2
+    extra = [a for a in args.script_args if a != "--"]
+    cmd = [sys.executable, str(path)] + ([] if args.full else quick) + extra
+    os.makedirs(args.out, exist_ok=True)
+    print(" ".join(["$", "python", f"benchmarks/{script}"] + cmd[2:]), flush=True)
+    env = dict(os.environ, NPGPT_BENCH_RESULTS=os.path.abspath(args.out))
+    return subprocess.run(cmd, env=env).returncode
+
+
+COMMANDS = [add_gradcheck, add_train, add_sample, add_bench, add_seq2seq, add_finetune]
 
 
 def build_parser() -> argparse.ArgumentParser:
