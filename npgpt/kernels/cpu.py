@@ -1,13 +1,21 @@
 """The Numba backend: the hot kernels compiled with @njit, parallel over 2+ cores, cached on disk.
 
-Every function here has the signature and the semantics of its twin in kernels/reference.py and
-is tested equal to it (tests/kernels/test_cpu_kernels.py). What is here, and why it is faster:
+Every function here has the signature and the semantics of its twin in kernels/reference.py (or,
+for the fused kernels, of the NumPy code in npgpt/nn and npgpt/optim that defines them) and is
+tested equal to it (tests/kernels/test_cpu_kernels.py, test_fused_kernels.py). What is here, and
+why it is faster:
 
     gemm(a, b)                 a blocked, register-tiled matrix product, written to be studied
-    matmul(a, b)               the reference's matmul; BLAS (np.matmul) or gemm, by measured shape
+    matmul(a, b)               the reference's matmul; BLAS (np.matmul) or gemm, by measured shape;
+                               stacked rows (B, T, K) @ (K, N) as one product
+    matmul_add(c, a, b)        c += a @ b as one BLAS product (gemm's beta = 1): no temporary
     attention_forward(...)     FlashAttention: key blocks walked with an online softmax; the cache
     attention_backward(...)    keeps a row log-sum-exp (B, H, Tq), never a (Tq, Tk) matrix
     erf(x)                     math.erf over all cores, instead of one Python call per element
+    layernorm_forward/backward, gelu_tanh_forward/backward, cross_entropy_forward/backward,
+    adamw_update, sum_squares, embedding_backward
+                               fused: one pass over each row or chunk where NumPy makes one pass
+                               and one temporary per operation (see "Fused epilogues" below)
     warmup(dtypes)             compiles every kernel now and says how long each took
 
 Two loop orders for a product, each where it wins (the surprise a reader should take away):
@@ -20,21 +28,38 @@ Two loop orders for a product, each where it wins (the surprise a reader should 
 Where an operand is laid out the other way it is first copied transposed ("packed"), at a cost
 linear in its size.
 
-Threads. Numba's parallel loops run on OpenMP (the "omp" threading layer) here; numpy's BLAS
-(OpenBLAS) keeps its own threads. On a 2-core machine each pool's idle threads spin while the
-other works: an earlier measurement found attention's mix of BLAS and Numba calls 3x slower.
-Set below, before Numba starts its threads: OMP_WAIT_POLICY=PASSIVE (idle OpenMP threads sleep
-at once). It is `os.environ.setdefault`, so a value the user exported wins; conftest.py sets
-PASSIVE for the tests too. Measured on a BLAS-attention-BLAS step (T=256, loaded machine):
-omp + PASSIVE ~260 ms, omp spinning (ACTIVE) ~310 ms, NUMBA_THREADING_LAYER=workqueue ~245 ms,
-within noise of PASSIVE; workqueue may not be entered from two Python threads at once, so it is
-left for the user to choose. OpenBLAS's own workers still spin for a while after each product,
-which nothing set from here can change (OpenBLAS reads its settings when numpy loads it, and
-OPENBLAS_THREAD_TIMEOUT=4 measured far worse): so the short-sequence attention path runs its
-softmax on the calling thread, and a Numba kernel launched right after a large BLAS product can
-lose a core for a few milliseconds. PyTorch ships its own OpenMP runtime, which reads the
-environment when torch is imported: benchmarks/common.py imports torch before npgpt, so torch
-keeps the settings it would have on its own.
+Threads. Numba's parallel loops run on OpenMP (the "omp" threading layer, GNU libgomp) here;
+numpy's BLAS (OpenBLAS, pthreads) keeps its own threads. The settings, and why:
+
+  - OMP_WAIT_POLICY=PASSIVE, set below before Numba starts its threads (`os.environ.setdefault`:
+    a value the user exported wins; conftest.py sets it for the tests too). Idle OpenMP threads
+    sleep at once instead of spinning. Spinning makes back-to-back parallel kernels ~2x faster
+    on a quiet machine (GOMP_SPINCOUNT=100000: a GELU over 393 K elements 95 us vs 190 us), but
+    a spinning thread takes a core from OpenBLAS and from other processes: in alternating runs
+    of the baby training step on a loaded machine, PASSIVE took 44-148 ms and spinning
+    (GOMP_SPINCOUNT 3e4-3e5) 180-1000 ms, so PASSIVE stays. Measured earlier on a BLAS-attention-BLAS step (T=256):
+    PASSIVE ~260 ms, ACTIVE ~310 ms, NUMBA_THREADING_LAYER=workqueue ~245 ms, within noise of
+    PASSIVE; workqueue may not be entered from two Python threads at once, so it is left to the
+    user.
+  - OpenBLAS's worker threads busy-wait after each product (no sched_yield: strace shows none),
+    for up to 2^28 cycles (~0.1 s) before they sleep. During a training step they therefore
+    hold the second core almost all the time, and a parallel Numba kernel launched after a
+    product gets no second core: measured right after a GEMM, parallel = serial for every fused
+    kernel (the softmax cross-entropy over GPT-2's vocabulary 17.6 ms either way; 9.0 ms in
+    parallel when the BLAS threads are asleep). OPENBLAS_THREAD_TIMEOUT shortens the wait, but
+    OpenBLAS reads it when numpy loads it (only a process started with it set sees it), and a
+    short wait slows the products themselves: 2^16 or 2^20 cycles cost 10-25% on GPT-2's
+    products (each product must wake the workers), 2^24 was neutral, and no setting changed
+    the whole step beyond the noise of this shared machine. It is left at OpenBLAS's default.
+  - So each fused kernel runs on the calling thread below PARALLEL_FROM = 1 M elements (every
+    LayerNorm and GELU of the three benchmark models): there a parallel launch never paid
+    (a PASSIVE thread takes ~50-100 us to wake), and on all threads above it (GPT-2's
+    cross-entropy over 12.9 M logits, the AdamW update over 124 M parameters), where it pays
+    whenever the BLAS threads are asleep and costs nothing when they are not. The short-sequence
+    attention path runs its softmax on the calling thread for the same reason.
+  - PyTorch ships its own OpenMP runtime, which reads the environment when torch is imported:
+    the benchmarks run torch in its own process (bench_step.py) or import it before npgpt
+    (common.py), so torch keeps the settings it would have on its own.
 """
 
 from __future__ import annotations
@@ -900,8 +925,12 @@ def attention_backward(dout, cache):
 #   - exp and tanh as polynomials (`_exp_nonpos`, `_tanh`) in float32, not libm calls.
 #
 # Threads: below PARALLEL_FROM elements a kernel runs on the calling thread; from there on all
-# of Numba's threads share it. Below that size a parallel launch costs more than it saves
-# (~10-20 us, and more right after a BLAS call: see the module docstring on spinning threads).
+# of Numba's threads share it. Below that size a parallel launch cost more than it saved at
+# every size measured (waking a PASSIVE thread takes ~50-100 us here, and right after a BLAS
+# product the second core is held by OpenBLAS's spinning worker: see the module docstring).
+# Measured serial vs parallel after a GEMM, in us: LayerNorm backward (256, 768) 208 vs 305,
+# GELU forward (256, 3072) 502 vs 567; without the GEMM before, cross-entropy over (256, 50257)
+# 17.7 ms vs 9.1 ms.
 # Sums across rows (LayerNorm's dw and db, the loss, the sum of squares) are added per fixed
 # chunk into partial sums, then the partials in order: no two threads write one number, and
 # the result does not depend on how many threads there are.
