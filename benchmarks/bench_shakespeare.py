@@ -18,14 +18,13 @@ and its processes never import torch); PyTorch runs with torch.set_num_threads(-
 with NUMBA_NUM_THREADS=--threads, numpy's BLAS with its default or --blas-threads. "train s" is
 the wall time of the training steps alone; start-up (imports, Numba's compile or cache load,
 building the model) is reported apart, and the final validation is not timed. Writes
-results/shakespeare.md and shakespeare.json.
+results/shakespeare.md and shakespeare.json (or --name's).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -200,6 +199,8 @@ def main(argv=None) -> None:
     p.add_argument("--blas-threads", type=int, default=None,
                    help="OPENBLAS_NUM_THREADS for every run (default: the library's own choice; "
                         "1 keeps numpy's BLAS from stalling on a busy machine)")
+    p.add_argument("--name", default="shakespeare", help="results/NAME.md and NAME.json (default: "
+                   "shakespeare; e.g. shakespeare-2800 for a run with --iters 2800)")
     p.add_argument("--no-write", action="store_true", help="print, but do not write results/")
     p.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -245,7 +246,7 @@ def main(argv=None) -> None:
              f"shared with other work (see load_average below, taken at the start), so times carry "
              f"noise.\n\nEach run (seed {', '.join(map(str, seeds))}):\n\n{runs}")
     env = {**env, "command": command.strip(), "settings": SETTINGS}
-    md, js = common.write_results("shakespeare", "Baby Shakespeare: npgpt vs PyTorch, char-level GPT",
+    md, js = common.write_results(args.name, "Baby Shakespeare: npgpt vs PyTorch, char-level GPT",
                                   env, table, rows, notes)
     print(f"\nwrote {md} and {js}")
 
