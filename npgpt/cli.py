@@ -220,15 +220,20 @@ def run_bench(args) -> int:
     from pathlib import Path
 
     script, quick = _BENCH[args.what]
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / script
-    if not path.is_file():
-        print(f"npgpt bench: error: {path} not found: the benchmarks live in a source checkout of npgpt "
-              f"(git clone, then pip install -e .)", file=sys.stderr)
+    # an editable install runs from the checkout; `pip install .` copies only the package, so
+    # the checkout it was installed from is looked for in the working directory
+    places = [Path(__file__).resolve().parents[1], Path.cwd()]
+    found = [d / "benchmarks" / script for d in places if (d / "benchmarks" / script).is_file()]
+    if not found:
+        print(f"npgpt bench: error: benchmarks/{script} not found beside the npgpt package or in "
+              f"{Path.cwd()}: the benchmarks live in a source checkout of npgpt; run npgpt bench "
+              f"from its folder", file=sys.stderr)
         return 2
+    path = found[0]
     extra = [a for a in args.script_args if a != "--"]
     cmd = [sys.executable, str(path)] + ([] if args.full else quick) + extra
     os.makedirs(args.out, exist_ok=True)
-    print(" ".join(["$", "python", f"benchmarks/{script}"] + cmd[2:]), flush=True)
+    print(" ".join(["$", "python", str(path)] + cmd[2:]), flush=True)
     env = dict(os.environ, NPGPT_BENCH_RESULTS=os.path.abspath(args.out))
     return subprocess.run(cmd, env=env).returncode
 

@@ -82,3 +82,26 @@ def test_sample_errors_name_the_problem(tmp_path, corpus, capsys):
     assert "pass --resume" in capsys.readouterr().err
     assert main(["train", "--resume", "--out", out, "--lr", "0.5"]) == 2
     assert "lr 0.5 (the run has" in capsys.readouterr().err
+
+
+def test_bench_times_a_step_with_the_compile_apart(tmp_path, capfd):
+    """`npgpt bench` runs benchmarks/bench_step.py (here the NumPy backend alone, one step) and
+    prints the table, whose columns keep the first step and the compile time apart."""
+    argv = ["bench", "--what", "step", "--out", str(tmp_path), "--", "--impls", "npgpt-numpy",
+            "--steps", "1", "--warmup", "0", "--no-write"]
+    assert main(argv) == 0
+    out = capfd.readouterr().out
+    assert "bench_step.py" in out.splitlines()[0]
+    header = next(line for line in out.splitlines() if line.startswith("| model |"))
+    assert "first step s" in header and "compile s" in header
+    assert "| baby | npgpt-numpy |" in out
+
+
+def test_bench_outside_a_checkout_says_where_it_looked(tmp_path, capsys, monkeypatch):
+    import npgpt.cli as cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(cli._BENCH, "step", ("no_such_bench.py", []))
+    assert main(["bench"]) == 2
+    err = capsys.readouterr().err
+    assert "benchmarks/no_such_bench.py not found" in err and str(tmp_path) in err
