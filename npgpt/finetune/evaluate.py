@@ -65,7 +65,7 @@ def format_report(report: dict) -> str:
     lines.append(f"{'accuracy':<{w}}  {report['accuracy']:9.3f}  (n={report['n']}, macro F1 "
                  f"{report['macro_f1']:.3f})")
     cw = max(6, *(len(c) for c in classes))
-    lines += ["", f"confusion (rows: true, columns: predicted)",
+    lines += ["", "confusion (rows: true, columns: predicted)",
               f"{'':<{w}}  " + "  ".join(f"{c:>{cw}}" for c in classes)]
     for c, row in zip(classes, report["confusion"]):
         lines.append(f"{c:<{w}}  " + "  ".join(f"{v:>{cw}d}" for v in row))

@@ -81,7 +81,6 @@ __all__ = ["matmul", "matmul_add", "gemm", "attention_forward", "attention_backw
            "cross_entropy_forward", "cross_entropy_backward", "adamw_update", "sum_squares",
            "embedding_backward"]
 
-import numba  # noqa: E402
 from llvmlite import ir  # noqa: E402
 from numba import njit, prange, types  # noqa: E402
 from numba.extending import intrinsic, overload  # noqa: E402
@@ -280,18 +279,6 @@ def _packed_rows(x: np.ndarray, transpose: bool) -> np.ndarray:
     return np.ascontiguousarray(y)                 # any other strides: numpy's copy
 
 
-def _check_matmul(a, b) -> None:
-    if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray):
-        raise TypeError(f"matmul: a is {type(a).__name__} and b {type(b).__name__}: expected np.ndarray")
-    if a.ndim < 2 or b.ndim < 2:
-        raise ValueError(f"matmul: a has shape {a.shape} and b {b.shape}: expected at least 2-D arrays")
-    if a.shape[-1] != b.shape[-2]:
-        raise ValueError(f"matmul: a has shape {a.shape} and b {b.shape}: "
-                         f"expected a.shape[-1] == b.shape[-2]")
-    if a.dtype != b.dtype:
-        raise TypeError(f"matmul: a has dtype {a.dtype} and b {b.dtype}: expected the same dtype")
-
-
 def gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """C = a @ b for 2-D float32/float64 arrays, a blocked parallel GEMM in Numba, for study.
 
@@ -322,7 +309,7 @@ def gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     more when the tile's loop is short.
     Block sizes: MC 16-128, NC 128-1024, KC 256-4096 all measured within noise at 1024 and 2048.
     """
-    _check_matmul(a, b)
+    reference.check_matmul_args(a, b)
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"gemm: a has shape {a.shape} and b {b.shape}: expected 2-D arrays")
     if a.dtype not in (np.float32, np.float64):
@@ -357,7 +344,7 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     With a 2-D b, a's leading axes are flattened into one (M', K) product, as the reference does
     (np.matmul would make one BLAS call per (M, K) slice, packing all of b each time).
     """
-    _check_matmul(a, b)
+    reference.check_matmul_args(a, b)
     if b.ndim == 2 and a.ndim > 2:
         out = matmul(a.reshape(-1, a.shape[-1]), b)                 # (..., M, K) -> (M', K)
         return out.reshape(a.shape[:-1] + (b.shape[1],))           # (M', N) -> (..., M, N)

@@ -135,18 +135,6 @@ def _gemm_kernel(tile: int, dtype: np.dtype):
     return gemm
 
 
-def _check_matmul(a, b) -> None:
-    if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray):
-        raise TypeError(f"matmul: a is {type(a).__name__} and b {type(b).__name__}: expected np.ndarray")
-    if a.ndim < 2 or b.ndim < 2:
-        raise ValueError(f"matmul: a has shape {a.shape} and b {b.shape}: expected at least 2-D arrays")
-    if a.shape[-1] != b.shape[-2]:
-        raise ValueError(f"matmul: a has shape {a.shape} and b {b.shape}: "
-                         f"expected a.shape[-1] == b.shape[-2]")
-    if a.dtype != b.dtype:
-        raise TypeError(f"matmul: a has dtype {a.dtype} and b {b.dtype}: expected the same dtype")
-
-
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a @ b for (..., M, K) @ (K, N) or batched (..., M, K) @ (..., K, N), on the GPU.
 
@@ -156,7 +144,7 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     small shapes these copies take longer than the product (see the module docstring). float32
     and float64 run the kernel (`_gemm_kernel`); other dtypes go to reference.matmul.
     """
-    _check_matmul(a, b)
+    reference.check_matmul_args(a, b)
     M, K = a.shape[-2:]
     N = b.shape[-1]
     if b.ndim == 2:

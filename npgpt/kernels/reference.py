@@ -23,6 +23,17 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     instead of one per (T, K) slice, which is what np.matmul would do, repacking b for each
     (measured: (4, 64, 768) @ (768, 50257) 250 ms as 4 products, 205 ms as one, on one core).
     """
+    check_matmul_args(a, b)
+    if b.ndim == 2 and a.ndim > 2:
+        out = np.matmul(a.reshape(-1, a.shape[-1]), b)              # (..., M, K) -> (M', K) @ (K, N)
+        return out.reshape(a.shape[:-1] + (b.shape[1],))           # (M', N) -> (..., M, N)
+    return np.matmul(a, b)
+
+
+def check_matmul_args(a, b) -> None:
+    """The errors every backend's matmul raises before it computes anything."""
+    if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray):
+        raise TypeError(f"matmul: a is {type(a).__name__} and b {type(b).__name__}: expected np.ndarray")
     if a.ndim < 2 or b.ndim < 2:
         raise ValueError(f"matmul: a has shape {a.shape} and b {b.shape}: expected at least 2-D arrays")
     if a.shape[-1] != b.shape[-2]:
@@ -30,10 +41,6 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
                          f"expected a.shape[-1] == b.shape[-2]")
     if a.dtype != b.dtype:
         raise TypeError(f"matmul: a has dtype {a.dtype} and b {b.dtype}: expected the same dtype")
-    if b.ndim == 2 and a.ndim > 2:
-        out = np.matmul(a.reshape(-1, a.shape[-1]), b)              # (..., M, K) -> (M', K) @ (K, N)
-        return out.reshape(a.shape[:-1] + (b.shape[1],))           # (M', N) -> (..., M, N)
-    return np.matmul(a, b)
 
 
 def check_matmul_add(c, a, b) -> None:

@@ -8,9 +8,9 @@ Tolerances (relative error max|a - b| / max(|a| + |b|), tests/helpers.py):
 
 from __future__ import annotations
 
-import contextlib
 import math
 import tracemalloc
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -110,15 +110,9 @@ def test_erf_equals_reference(dtype, tol):
 
 # ------------------------------------------------------------------------------------- attention
 
-@contextlib.contextmanager
 def attention_path(path):
     """Force attention_forward's path: "fused" (FlashAttention) or "blas" (BLAS + Numba softmax)."""
-    saved = cpu.ATTN_FUSED_FROM_TK
-    cpu.ATTN_FUSED_FROM_TK = 0 if path == "fused" else 2**62
-    try:
-        yield
-    finally:
-        cpu.ATTN_FUSED_FROM_TK = saved
+    return mock.patch.object(cpu, "ATTN_FUSED_FROM_TK", 0 if path == "fused" else 2**62)
 
 
 CACHE_OF_PATH = {"fused": cpu.FlashAttentionCache, "blas": cpu.SoftmaxAttentionCache}

@@ -13,8 +13,8 @@ Tolerances (relative error max|a - b| / max(|a| + |b|), tests/helpers.py), and w
 
 from __future__ import annotations
 
-import contextlib
 import math
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -39,15 +39,9 @@ WIDTH = st.sampled_from([1, 2, 7, 16, 31, 64, 129])
 PATH = st.sampled_from(["calling thread", "parallel"])
 
 
-@contextlib.contextmanager
 def kernel_path(path):
     """Run a kernel on the calling thread, or split into parallel tasks however small it is."""
-    saved = cpu.PARALLEL_FROM
-    cpu.PARALLEL_FROM = 0 if path == "parallel" else 2**62
-    try:
-        yield
-    finally:
-        cpu.PARALLEL_FROM = saved
+    return mock.patch.object(cpu, "PARALLEL_FROM", 0 if path == "parallel" else 2**62)
 
 
 def _normal(rng, shape, dtype, scale=1.0, shift=0.0):
