@@ -389,7 +389,7 @@ class TrainConfig:
     dropout: float | None = None
     dtype: str = "float32"
     # optimisation: AdamW, linear warmup then cosine decay from lr to min_lr at max_iters
-    max_iters: int = 1000
+    max_iters: int = 1500
     batch_size: int = 16
     lr: float = 2e-3
     min_lr: float = 2e-4
