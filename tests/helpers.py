@@ -26,3 +26,13 @@ def assert_errors_below(errors: dict[str, float], tol: float) -> None:
     assert errors, "no gradient was checked"
     bad = {k: v for k, v in errors.items() if not v <= tol}
     assert not bad, f"gradient check failed (tol {tol:.0e}): " + ", ".join(f"{k}: {v:.3e}" for k, v in bad.items())
+
+
+def matmul_operands(rng: np.random.Generator, M: int, K: int, N: int, dtype, layout: str):
+    """Random a (M, K) and b (K, N) of dtype; layout "nn", "tn", "nt" or "tt": a "t" operand is
+    the transposed view of a C-contiguous array (the backward's a.T @ b and a @ b.T)."""
+    def normal(shape):
+        return rng.standard_normal(shape).astype(dtype)
+    a = normal((K, M)).T if layout[0] == "t" else normal((M, K))
+    b = normal((N, K)).T if layout[1] == "t" else normal((K, N))
+    return a, b

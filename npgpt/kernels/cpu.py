@@ -794,14 +794,6 @@ def _attention_backward_blas(dout, cache):
     return np.matmul(ds, k), np.matmul(ds.transpose(0, 1, 3, 2), q), dv
 
 
-def _key_bias(key_pad, B, Tk, dtype):
-    """(B, Tk): 0 where a key is visible, -inf where key_pad hides it (added to the scores)."""
-    bias = np.zeros((B, Tk), dtype=dtype)
-    if key_pad is not None:
-        bias[key_pad] = -np.inf
-    return bias
-
-
 def attention_forward(q, k, v, causal=True, key_pad=None, dropout_p=0.0, rng=None):
     """Scaled dot-product attention, fused (FlashAttention), with the reference's semantics.
 
@@ -836,7 +828,7 @@ def attention_forward(q, k, v, causal=True, key_pad=None, dropout_p=0.0, rng=Non
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
     q, k, v = (np.ascontiguousarray(t) for t in (q, k, v))        # per-head tiles must be contiguous
-    key_bias = _key_bias(key_pad, B, Tk, q.dtype)
+    key_bias = reference.key_bias(key_pad, B, Tk, q.dtype)
     if Tk < ATTN_FUSED_FROM_TK:
         return _attention_forward_blas(q, k, v, bool(causal), key_bias)
     return _attention_forward_fused(q, k, v, bool(causal), key_bias)
@@ -1535,7 +1527,7 @@ def warmup(dtypes=("float32",)) -> dict[str, float]:
         a = rng.standard_normal((9, 7)).astype(dtype)
         b = rng.standard_normal((7, 5)).astype(dtype)
         q, k, v = (rng.standard_normal((1, 2, 5, 3)).astype(dtype) for _ in range(3))
-        bias = _key_bias(None, 1, 5, dtype)
+        bias = reference.key_bias(None, 1, 5, dtype)
 
         def attention():
             for forward in (_attention_forward_fused, _attention_forward_blas):   # both paths

@@ -417,14 +417,6 @@ def _attention_kernels(br: int, bc: int, D: int, dtype: np.dtype):
     return forward, backward_dq, backward_dkdv
 
 
-def _key_bias(key_pad, B, Tk, dtype):
-    """(B, Tk): 0 where a key is visible, -inf where key_pad hides it (added to the scores)."""
-    bias = np.zeros((B, Tk), dtype=dtype)
-    if key_pad is not None:
-        bias[key_pad] = -np.inf
-    return bias
-
-
 def attention_forward(q, k, v, causal=True, key_pad=None, dropout_p=0.0, rng=None):
     """Scaled dot-product attention on the GPU, with the reference's semantics.
 
@@ -449,7 +441,7 @@ def attention_forward(q, k, v, causal=True, key_pad=None, dropout_p=0.0, rng=Non
     scale = 1.0 / math.sqrt(D)
     bc = _staged_rows(ATTN_BC, D, q.dtype.itemsize)
     q, k, v = (np.ascontiguousarray(t) for t in (q, k, v))
-    key_bias = _key_bias(key_pad, B, Tk, q.dtype)
+    key_bias = reference.key_bias(key_pad, B, Tk, q.dtype)
     out = np.zeros((B, H, Tq, D), dtype=q.dtype)
     lse = np.full((B, H, Tq), -np.inf, dtype=q.dtype)
     if q.size and k.size:

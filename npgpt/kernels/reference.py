@@ -93,6 +93,15 @@ def attention_mask(Tq: int, Tk: int, causal: bool, key_pad: np.ndarray | None):
     return mask
 
 
+def key_bias(key_pad: np.ndarray | None, B: int, Tk: int, dtype) -> np.ndarray:
+    """(B, Tk): 0 where a key is visible, -inf where key_pad hides it: the padding part of the
+    mask as a bias added to the scores, the form the fused kernels (cpu.py, cuda.py) take."""
+    bias = np.zeros((B, Tk), dtype=dtype)
+    if key_pad is not None:
+        bias[key_pad] = -np.inf
+    return bias
+
+
 def check_attention_args(q, k, v, key_pad=None, causal=False) -> None:
     """Raise a clear error before any work if the attention inputs do not fit together."""
     for name, t in (("q", q), ("k", k), ("v", v)):

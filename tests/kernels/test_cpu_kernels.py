@@ -21,7 +21,7 @@ from npgpt.kernels import reference
 
 cpu = pytest.importorskip("npgpt.kernels.cpu", reason="numba is not available")
 
-from tests.helpers import assert_close  # noqa: E402
+from tests.helpers import assert_close, matmul_operands  # noqa: E402
 
 TOL = {np.float64: 1e-12, np.float32: 1e-5}
 DTYPES = st.sampled_from([np.float32, np.float64])
@@ -38,9 +38,7 @@ def _normal(rng, shape, dtype):
        layout=st.sampled_from(["nn", "tn", "nt", "tt"]), seed=st.integers(0, 2**16))
 def test_gemm_equals_reference_on_odd_shapes_and_transposed_views(M, K, N, dtype, layout, seed):
     rng = np.random.default_rng(seed)
-    # "t": the operand is the transpose of a C-contiguous array (the backward's a.T @ b, a @ b.T)
-    a = _normal(rng, (K, M), dtype).T if layout[0] == "t" else _normal(rng, (M, K), dtype)
-    b = _normal(rng, (N, K), dtype).T if layout[1] == "t" else _normal(rng, (K, N), dtype)
+    a, b = matmul_operands(rng, M, K, N, dtype, layout)
     out = cpu.gemm(a, b)
     assert out.dtype == dtype
     assert_close(f"gemm {layout} {(M, K, N)}", out, reference.matmul(a, b), TOL[dtype])

@@ -30,7 +30,7 @@ import pytest
 from npgpt import kernels
 from npgpt.kernels import reference
 from npgpt.nn import MultiHeadAttention
-from tests.helpers import assert_close
+from tests.helpers import assert_close, matmul_operands
 
 try:
     from npgpt.kernels import cuda
@@ -85,8 +85,7 @@ def test_matmul_equals_reference_on_odd_shapes_and_transposed_views(layout, dtyp
     rng = np.random.default_rng(0)
     M, K, N = 5, 9, 6                     # none a multiple of the tile (4): every edge of C and of k
     # "t": the operand is the transpose of a C-contiguous array (the backward's a.T @ b, a @ b.T)
-    a = _normal(rng, (K, M), dtype).T if layout[0] == "t" else _normal(rng, (M, K), dtype)
-    b = _normal(rng, (N, K), dtype).T if layout[1] == "t" else _normal(rng, (K, N), dtype)
+    a, b = matmul_operands(rng, M, K, N, dtype, layout)
     out = cuda.matmul(a, b)
     assert out.dtype == dtype and out.shape == (M, N)
     assert_close(f"matmul {layout}", out, reference.matmul(a, b), TOL[dtype])

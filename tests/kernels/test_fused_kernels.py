@@ -27,7 +27,7 @@ from npgpt.nn import activation, embedding, loss, norm
 
 cpu = pytest.importorskip("npgpt.kernels.cpu", reason="numba is not available")
 
-from tests.helpers import assert_close  # noqa: E402
+from tests.helpers import assert_close, matmul_operands  # noqa: E402
 
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
 DTYPES = st.sampled_from([np.float32, np.float64])
@@ -351,8 +351,7 @@ def test_the_registry_serves_the_fused_kernels_only_on_numba():
 def test_matmul_add_equals_reference(M, K, N, dtype, layout, seed):
     """c += a @ b as one BLAS product (gemm's beta = 1), a and b possibly transposed views."""
     rng = np.random.default_rng(seed)
-    a = _normal(rng, (K, M), dtype).T if layout[0] == "t" else _normal(rng, (M, K), dtype)
-    b = _normal(rng, (N, K), dtype).T if layout[1] == "t" else _normal(rng, (K, N), dtype)
+    a, b = matmul_operands(rng, M, K, N, dtype, layout)
     c = _normal(rng, (M, N), dtype)
     want = reference.matmul_add(c.copy(), a, b)
     assert cpu.matmul_add(c, a, b) is c
