@@ -104,22 +104,10 @@ def add_train(sub):
 
 
 def run_train(args) -> int:
-    from .train import TrainConfig, TrainingDiverged, resume_config, train
+    from .train import TrainConfig, resume_config, run_command, train
 
     flags = {k: v for k, v in vars(args).items() if k in _TRAIN_FLAGS}
-    try:
-        if args.resume:
-            cfg = resume_config(flags.get("out", TrainConfig.out), flags)
-        else:
-            cfg = TrainConfig(**flags)
-        result = train(cfg, resume=args.resume, progress=None)
-    except TrainingDiverged as e:
-        print(f"npgpt train: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, TypeError, OSError, RuntimeError) as e:
-        print(f"npgpt train: error: {e}", file=sys.stderr)
-        return 2
-    return 130 if result.interrupted else 0
+    return run_command("npgpt train", flags, args.resume, TrainConfig, resume_config, train)
 
 
 # -- sample ------------------------------------------------------------------------------------

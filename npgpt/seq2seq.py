@@ -642,22 +642,11 @@ def _add_train(sub) -> None:
 
 
 def run_train(args) -> int:
-    from .train import TrainingDiverged
+    from .train import run_command
 
     flags = {k: v for k, v in vars(args).items() if k in _TRAIN_FLAGS}
-    try:
-        if args.resume:
-            cfg = resume_config(flags.get("out", DEFAULT_OUT), flags)
-        else:
-            cfg = Seq2SeqTrainConfig(**flags)
-        result = train_seq2seq(cfg, resume=args.resume, progress=None)
-    except TrainingDiverged as e:
-        print(f"npgpt seq2seq train: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, TypeError, OSError, RuntimeError) as e:
-        print(f"npgpt seq2seq train: error: {e}", file=sys.stderr)
-        return 2
-    return 130 if result.interrupted else 0
+    return run_command("npgpt seq2seq train", flags, args.resume, Seq2SeqTrainConfig, resume_config,
+                       train_seq2seq)
 
 
 def _add_translate(sub) -> None:

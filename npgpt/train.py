@@ -476,6 +476,28 @@ def resumed_settings(out, cls, section: str, resumable: tuple, overrides: dict |
     return dataclasses.replace(saved, **{k: v for k, v in overrides.items() if k in resumable})
 
 
+def run_command(prog: str, flags: dict, resume: bool, config_cls, resume_config: Callable,
+                run: Callable) -> int:
+    """The body of `npgpt train`, `npgpt seq2seq train` and `npgpt finetune`: the settings from
+    the flags given (with resume, from the run in --out, see resumed_settings), then
+    run(cfg, resume=..., progress=None) -> an object with .interrupted. The exit status: 0 done,
+    130 stopped by Ctrl-C (a checkpoint saved), 1 diverged, 2 bad input (one line on stderr)."""
+    try:
+        if resume:
+            cfg = resume_config(flags.get("out", config_cls.out), flags)
+        else:
+            cfg = config_cls(**flags)
+        result = run(cfg, resume=resume, progress=None)
+    except TrainingDiverged as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, OSError, RuntimeError, KeyError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e   # no repr quotes
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2
+    return 130 if result.interrupted else 0
+
+
 def _load_corpus(cfg: TrainConfig) -> tuple[str, str]:
     from . import data
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 
 # flag -> (type, help); the defaults are FinetuneConfig's
 _FLAGS = {
@@ -99,22 +98,10 @@ def add_finetune(sub):
 
 
 def run_finetune(args) -> int:
-    from ..train import TrainingDiverged
+    from ..train import run_command
     from .run import FinetuneConfig, finetune, resume_config
 
     fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
     flags = {k: v for k, v in vars(args).items() if k in fields}
-    try:
-        if args.resume:
-            cfg = resume_config(flags.get("out", FinetuneConfig.out), flags)
-        else:
-            cfg = FinetuneConfig(**flags)
-        result = finetune(cfg, resume=args.resume, progress=None)
-    except TrainingDiverged as e:
-        print(f"npgpt finetune: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, TypeError, OSError, RuntimeError, KeyError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"npgpt finetune: error: {message}", file=sys.stderr)
-        return 2
-    return 130 if result.train.interrupted else 0
+    return run_command("npgpt finetune", flags, args.resume, FinetuneConfig, resume_config,
+                       lambda cfg, **kw: finetune(cfg, **kw).train)
