@@ -53,7 +53,7 @@ def make_step(impl: str, T: int, seed: int = 0):
             return reference.attention_backward(dout, cache)
     elif impl in ("numba fused", "numba blas"):
         forward = cpu._attention_forward_fused if impl == "numba fused" else cpu._attention_forward_blas
-        bias = cpu._key_bias(None, B, T, np.float32)
+        bias = reference.key_bias(None, B, T, np.float32)
 
         def step():
             out, cache = forward(q, k, v, True, bias)
@@ -232,10 +232,7 @@ def plot(rows, impls) -> None:
         ax.grid(True, alpha=0.3)
         ax.legend()
     fig.suptitle(f"causal attention, float32, B={B} H={H} D={D}")
-    fig.tight_layout()
-    path = common.RESULTS / "attention.png"
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+    common.save_figure(fig, "attention.png")
 
 
 if __name__ == "__main__":

@@ -152,10 +152,7 @@ def plot(rows) -> None:
     ax.set_title("GEMM: numpy BLAS, npgpt Numba, torch")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = common.RESULTS / "gemm.png"
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+    common.save_figure(fig, "gemm.png")
 
 
 if __name__ == "__main__":

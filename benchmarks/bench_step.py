@@ -235,7 +235,7 @@ def summarise(runs: list[dict], models: list[str], impls: list[str], peak: float
     return rows
 
 
-def plot(rows: list[dict], models: list[str], path: Path) -> None:
+def plot(rows: list[dict], models: list[str], name: str) -> None:
     import common
     plt = common.pyplot()
     if plt is None:
@@ -269,9 +269,7 @@ def plot(rows: list[dict], models: list[str], path: Path) -> None:
         ax.set_xticklabels(models)
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+    common.save_figure(fig, name)
 
 
 def main(argv=None) -> int:
@@ -361,7 +359,7 @@ Thread settings per implementation: {json.dumps(settings)}
     data["runs"] = runs
     js.write_text(json.dumps(data, indent=1) + "\n")
     print(f"wrote {md} and {js}")
-    plot(rows, models, common.RESULTS / "step.png")
+    plot(rows, models, "step.png")
     return 0
 
 

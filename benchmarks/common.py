@@ -246,6 +246,14 @@ def pyplot():
         return None
 
 
+def save_figure(fig, name: str) -> None:
+    """Lay the figure out and write it to RESULTS/name (a PNG at 110 dpi)."""
+    fig.tight_layout()
+    path = RESULTS / name
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
 def torch_gpt(vocab_size: int, n_layer: int, n_head: int, n_embd: int, block_size: int, seed: int = 0):
     """GPT-2's architecture in torch.nn, eager, as npgpt's GPT (pre-LN blocks, GELU-tanh, learned
     positions, tied head, biases), initialised as npgpt does (N(0, 0.02); the residual

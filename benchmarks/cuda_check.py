@@ -160,7 +160,7 @@ def attention_kernels_only(q, k, v, dout, key_pad, causal):
     forward, backward_dq, backward_dkdv = cuda._attention_kernels(br, bc, D, q.dtype)
     dev = cuda.cuda
     qd, kd, vd, dod = (dev.to_device(x) for x in (q, k, v, dout))
-    bias = dev.to_device(cuda._key_bias(key_pad, B, Tk, q.dtype))
+    bias = dev.to_device(reference.key_bias(key_pad, B, Tk, q.dtype))
     out, dq, dk, dv = (dev.device_array_like(x) for x in (q, q, k, v))
     lse, delta = (dev.device_array((B, H, Tq), dtype=q.dtype) for _ in range(2))
     scale = q.dtype.type(1 / math.sqrt(D))

@@ -105,3 +105,28 @@ def test_bench_outside_a_checkout_says_where_it_looked(tmp_path, capsys, monkeyp
     assert main(["bench"]) == 2
     err = capsys.readouterr().err
     assert "benchmarks/no_such_bench.py not found" in err and str(tmp_path) in err
+
+
+def test_bench_attention_runs_and_plots(tmp_path, capfd):
+    """The attention benchmark end to end at a tiny size: every implementation timed, the table
+    and the plot written where --out says."""
+    argv = ["bench", "--what", "attention", "--out", str(tmp_path), "--", "--T", "16", "--repeats", "1"]
+    assert main(argv) == 0
+    out = capfd.readouterr().out
+    assert "T=   16" in out and "numba fused" in out and "torch" in out
+    assert {p.name for p in tmp_path.iterdir()} >= {"attention.md", "attention.json", "attention.png"}
+
+
+def test_cuda_check_passes_under_the_simulator():
+    """benchmarks/cuda_check.py --tiny: every CUDA kernel against the reference (exit 1 on a
+    mismatch), here on numba's simulator."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cuda_check.py"
+    run = subprocess.run([sys.executable, str(script), "--tiny"], capture_output=True, text=True,
+                         env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "checks passed" in run.stdout
