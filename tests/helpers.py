@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 
 from npgpt.gradcheck import rel_error
@@ -36,3 +39,15 @@ def matmul_operands(rng: np.random.Generator, M: int, K: int, N: int, dtype, lay
     a = normal((K, M)).T if layout[0] == "t" else normal((M, K))
     b = normal((N, K)).T if layout[1] == "t" else normal((K, N))
     return a, b
+
+
+def quiet(*args, **kwargs):
+    """A print_fn that prints nothing."""
+
+
+def interrupt_at(step):
+    """An on_step callback that presses Ctrl-C (sends SIGINT to this process) after `step`."""
+    def on_step(trainer, rec):
+        if rec["step"] == step:
+            os.kill(os.getpid(), signal.SIGINT)
+    return on_step

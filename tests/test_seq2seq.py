@@ -1,8 +1,6 @@
 """`npgpt seq2seq train | translate` end to end, exact resume, bad input, and a model that learns."""
 
 import json
-import os
-import signal
 from dataclasses import replace
 
 import numpy as np
@@ -14,6 +12,7 @@ from npgpt.cli import main
 from npgpt.seq2seq import (Seq2SeqTrainConfig, check_pairs, evaluate, load_seq2seq, resume_config,
                            train_seq2seq, translate_ids, translate_texts)
 from npgpt.train import read_log
+from tests.helpers import interrupt_at, quiet
 
 # a model small enough that a step takes milliseconds
 TINY = ["--d-model", "16", "--n-head", "2", "--layers", "1", "--batch-size", "8", "--warmup", "2",
@@ -21,18 +20,6 @@ TINY = ["--d-model", "16", "--n-head", "2", "--layers", "1", "--batch-size", "8"
 # the same as a config; dropout on, so its generators must be restored on resume
 TINY_CFG = dict(task="reverse", d_model=16, n_head=2, layers=1, batch_size=8, warmup=2, n_train=200,
                 n_test=20, min_len=3, max_len=6, dropout=0.1, examples=0)
-
-
-def quiet(*args, **kwargs):
-    pass
-
-
-def interrupt_at(step):
-    """An on_step callback that presses Ctrl-C (sends SIGINT to this process) after `step`."""
-    def on_step(trainer, rec):
-        if rec["step"] == step:
-            os.kill(os.getpid(), signal.SIGINT)
-    return on_step
 
 
 @pytest.fixture(scope="module")

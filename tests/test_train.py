@@ -13,6 +13,7 @@ from npgpt.data import default_corpus
 from npgpt.optim import AdamW, constant
 from npgpt.train import (RunLog, TrainConfig, Trainer, TrainingDiverged, graceful_interrupt,
                          read_log, resume_config, train)
+from tests.helpers import interrupt_at, quiet
 
 # a model small enough that a step takes milliseconds; dropout on, so its generators matter
 TINY = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, dropout=0.1, batch_size=4,
@@ -24,18 +25,6 @@ def corpus(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "corpus.txt"
     path.write_text(default_corpus()[:20_000], encoding="utf-8")
     return str(path)
-
-
-def quiet(*args, **kwargs):
-    pass
-
-
-def interrupt_at(step):
-    """An on_step callback that presses Ctrl-C (sends SIGINT to this process) after `step`."""
-    def on_step(trainer, rec):
-        if rec["step"] == step:
-            os.kill(os.getpid(), signal.SIGINT)
-    return on_step
 
 
 def test_resumed_run_equals_the_uninterrupted_run_exactly(tmp_path, corpus):
