@@ -37,10 +37,10 @@ numpy's BLAS (OpenBLAS, pthreads) keeps its own threads. The settings, and why:
     on a quiet machine (GOMP_SPINCOUNT=100000: a GELU over 393 K elements 95 us vs 190 us), but
     a spinning thread takes a core from OpenBLAS and from other processes: in alternating runs
     of the baby training step on a loaded machine, PASSIVE took 44-148 ms and spinning
-    (GOMP_SPINCOUNT 3e4-3e5) 180-1000 ms, so PASSIVE stays. Measured earlier on a BLAS-attention-BLAS step (T=256):
-    PASSIVE ~260 ms, ACTIVE ~310 ms, NUMBA_THREADING_LAYER=workqueue ~245 ms, within noise of
-    PASSIVE; workqueue may not be entered from two Python threads at once, so it is left to the
-    user.
+    (GOMP_SPINCOUNT 3e4-3e5) 180-1000 ms, so PASSIVE stays. Measured earlier on a
+    BLAS-attention-BLAS step (T=256): PASSIVE ~260 ms, ACTIVE ~310 ms,
+    NUMBA_THREADING_LAYER=workqueue ~245 ms, within noise of PASSIVE; workqueue may not be
+    entered from two Python threads at once, so it is left to the user.
   - OpenBLAS's worker threads busy-wait after each product (no sched_yield: strace shows none),
     for up to 2^28 cycles (~0.1 s) before they sleep. During a training step they therefore
     hold the second core almost all the time, and a parallel Numba kernel launched after a
@@ -75,6 +75,7 @@ from typing import NamedTuple  # noqa: E402
 import numpy as np  # noqa: E402
 
 from . import reference  # noqa: E402
+from .reference import FlashAttentionCache  # noqa: E402
 
 __all__ = ["matmul", "matmul_add", "gemm", "attention_forward", "attention_backward", "erf", "warmup",
            "layernorm_forward", "layernorm_backward", "gelu_tanh_forward", "gelu_tanh_backward",
@@ -508,18 +509,6 @@ ATTN_BWD_BC = 64      # backward: keys per block (and rows of the P^T, dS^T stri
 # Below this many keys, attention_forward takes batched BLAS products around a Numba softmax
 # instead of the fused kernel: measured faster there (see attention_forward).
 ATTN_FUSED_FROM_TK = 96
-
-
-class FlashAttentionCache(NamedTuple):
-    """What the fused backward needs: the inputs, the output and one number per query row."""
-    q: np.ndarray          # (B, H, Tq, D) C-contiguous
-    k: np.ndarray          # (B, H, Tk, D)
-    v: np.ndarray          # (B, H, Tk, D)
-    out: np.ndarray        # (B, H, Tq, D)
-    lse: np.ndarray        # (B, H, Tq) log sum_j exp(s_ij) over visible keys; -inf for a row with none
-    key_bias: np.ndarray   # (B, Tk) 0 for a visible key, -inf for a padded one
-    causal: bool
-    scale: float           # 1 / sqrt(D)
 
 
 @njit(fastmath=_FM, cache=True)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from typing import NamedTuple
 
 import numpy as np
 from numba import config, cuda
@@ -182,18 +181,6 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # attention: one thread per query row, key blocks in shared memory, an online softmax
 # ---------------------------------------------------------------------------------------------
-
-class CudaAttentionCache(NamedTuple):
-    """What the backward needs: the inputs, the output and one number per query row (host arrays)."""
-    q: np.ndarray          # (B, H, Tq, D) C-contiguous
-    k: np.ndarray          # (B, H, Tk, D)
-    v: np.ndarray          # (B, H, Tk, D)
-    out: np.ndarray        # (B, H, Tq, D)
-    lse: np.ndarray        # (B, H, Tq) log sum_j exp(s_ij) over visible keys; -inf for a row with none
-    key_bias: np.ndarray   # (B, Tk) 0 for a visible key, -inf for a padded one
-    causal: bool
-    scale: float           # 1 / sqrt(D)
-
 
 def _staged_rows(bc: int, D: int, itemsize: int) -> int:
     """How many rows of the other operand a block stages per step: bc, or fewer when bc rows of
@@ -426,8 +413,8 @@ def attention_forward(q, k, v, causal=True, key_pad=None, dropout_p=0.0, rng=Non
     query row); a block of ATTN_BR rows stages ATTN_BC keys and values at a time in shared memory,
     and each thread walks them with an online softmax, keeping a running max m and sum l of its
     row: when a key block raises the max, what was summed so far is rescaled by exp(m_old - m_new).
-    So no (Tq, Tk) matrix is ever written, and the cache (CudaAttentionCache) keeps the row
-    log-sum-exp lse = m + log(l) in place of the probabilities. Key blocks wholly in the future of
+    So no (Tq, Tk) matrix is ever written, and the cache (reference.FlashAttentionCache) keeps
+    the row log-sum-exp lse = m + log(l) in place of the probabilities. Key blocks wholly in the future of
     a query block (causal) are not visited. A row whose every key is hidden gets out = 0.
 
     dropout_p > 0 goes to reference.attention_forward (dropping probabilities needs them
@@ -451,13 +438,13 @@ def attention_forward(q, k, v, causal=True, key_pad=None, dropout_p=0.0, rng=Non
         forward[(B * H, -(-Tq // ATTN_BR)), ATTN_BR](                 # grid (B H, row blocks), br threads
             q_dev, k_dev, v_dev, bias_dev, bool(causal), q.dtype.type(scale), out_dev, lse_dev)
         out, lse = out_dev.copy_to_host(), lse_dev.copy_to_host()
-    return out, CudaAttentionCache(q, k, v, out, lse, key_bias, bool(causal), scale)
+    return out, reference.FlashAttentionCache(q, k, v, out, lse, key_bias, bool(causal), scale)
 
 
 def attention_backward(dout, cache):
     """Gradients (dq, dk, dv) of attention_forward, for either kind of cache it returns.
 
-    CudaAttentionCache: two kernels, each recomputing p_ij = exp(s_ij - lse_i) from the row lse:
+    FlashAttentionCache: two kernels, each recomputing p_ij = exp(s_ij - lse_i) from the row lse:
         backward_dq    one thread per query row i:  D_i = dout_i . out_i, then over its keys
                        ds_ij = p_ij (dout_i . v_j - D_i) * scale,   dq_i = sum_j ds_ij k_j
         backward_dkdv  one thread per key row j, over the queries that see it:
@@ -469,7 +456,7 @@ def attention_backward(dout, cache):
     """
     if isinstance(cache, reference.AttentionCache):
         return reference.attention_backward(dout, cache)
-    if not isinstance(cache, CudaAttentionCache):
+    if not isinstance(cache, reference.FlashAttentionCache):
         raise TypeError(f"attention_backward: cache is {type(cache).__name__}: expected the cache "
                         f"returned by attention_forward")
     q, k, v, out, lse, key_bias, causal, scale = cache

@@ -135,6 +135,19 @@ class AttentionCache(NamedTuple):
     scale: float                  # 1 / sqrt(D)
 
 
+class FlashAttentionCache(NamedTuple):
+    """The cache of the fused attention kernels (cpu.py, cuda.py): the inputs, the output and one
+    number per query row, the log-sum-exp, from which the backward recomputes the probabilities."""
+    q: np.ndarray          # (B, H, Tq, D) C-contiguous
+    k: np.ndarray          # (B, H, Tk, D)
+    v: np.ndarray          # (B, H, Tk, D)
+    out: np.ndarray        # (B, H, Tq, D)
+    lse: np.ndarray        # (B, H, Tq) log sum_j exp(s_ij) over visible keys; -inf for a row with none
+    key_bias: np.ndarray   # (B, Tk) 0 for a visible key, -inf for a padded one (key_bias())
+    causal: bool
+    scale: float           # 1 / sqrt(D)
+
+
 def attention_forward(q, k, v, causal=True, key_pad=None, dropout_p=0.0, rng=None):
     """Scaled dot-product attention, the definition.
 

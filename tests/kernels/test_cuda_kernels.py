@@ -155,7 +155,7 @@ def _check_attention(B, H, Tq, Tk, D, causal, pad, dtype, seed=0):
     key_pad = _key_pad(B, Tk, pad)
     out, cache = cuda.attention_forward(q, k, v, causal=causal, key_pad=key_pad)
     ref_out, ref_cache = reference.attention_forward(q, k, v, causal=causal, key_pad=key_pad)
-    assert isinstance(cache, cuda.CudaAttentionCache) and cache.lse.shape == (B, H, Tq)
+    assert isinstance(cache, reference.FlashAttentionCache) and cache.lse.shape == (B, H, Tq)
     assert out.dtype == dtype
     assert_close("out", out, ref_out, TOL[dtype])
     grads = cuda.attention_backward(dout, cache)
@@ -229,7 +229,7 @@ def test_attention_dtype_mismatch_and_bad_backward_input_raise_before_any_launch
     x = np.ones((1, 1, 2, 2))
     with pytest.raises(TypeError, match="dtypes"):
         cuda.attention_forward(x, x.astype(np.float32), x)
-    cache = cuda.CudaAttentionCache(x, x, x, x, np.zeros((1, 1, 2)), np.zeros((1, 2)), True, 1.0)
+    cache = reference.FlashAttentionCache(x, x, x, x, np.zeros((1, 1, 2)), np.zeros((1, 2)), True, 1.0)
     with pytest.raises(ValueError, match="dout has shape"):
         cuda.attention_backward(np.ones((1, 1, 2, 3)), cache)
     with pytest.raises(TypeError, match="cache is tuple"):
