@@ -79,27 +79,19 @@ _METAVARS = {"data": "FILE", "tokenizer": "{char,bpe}", "preset": "NAME", "dtype
 
 
 def add_train(sub):
-    import dataclasses
-
+    from .settings import add_flags, add_resume_flag
     from .train import TrainConfig
 
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     p = sub.add_parser("train", help="pre-train a GPT on a text file (default: a small char-level model)",
                        description="Pre-train a GPT with AdamW (linear warmup, cosine decay), logging "
                                    "every step to OUT/log.jsonl and checkpointing to "
                                    "OUT/ckpt.safetensors. With no arguments: a small char-level "
                                    "model on the built-in corpus, in a few minutes, then a sample. "
                                    "Ctrl-C saves a checkpoint; --resume continues it exactly.")
-    special = {"data": "the built-in corpus, Python's docs", "backend": "NPGPT_BACKEND or the fastest"}
-    for name, (type_, help_) in _TRAIN_FLAGS.items():
-        default = defaults[name]
-        shown = special.get(name, "the preset's" if default is None else default)
-        p.add_argument("--" + name.replace("_", "-"), type=type_, default=argparse.SUPPRESS,
-                       metavar=_METAVARS.get(name, {int: "N", float: "X"}.get(type_, "VALUE")),
-                       help=f"{help_} (default: {shown})")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its checkpoint, with its saved settings "
-                        "(only --max-iters, intervals, --backend, --sample-tokens may change)")
+    shown = {"data": "the built-in corpus, Python's docs", "backend": "NPGPT_BACKEND or the fastest"}
+    add_flags(p, _TRAIN_FLAGS, TrainConfig, shown, unset="the preset's",
+              metavar=lambda name, type_: _METAVARS.get(name, {int: "N", float: "X"}.get(type_, "VALUE")))
+    add_resume_flag(p, "--max-iters, intervals, --backend, --sample-tokens")
     p.set_defaults(run=run_train)
 
 

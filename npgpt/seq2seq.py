@@ -40,7 +40,6 @@ pairs came from, their count and SHA-256: a resume checks it), "exact_match" ({s
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -618,26 +617,18 @@ def add_seq2seq(sub) -> None:
 
 
 def _add_train(sub) -> None:
-    defaults = {f.name: f.default for f in dataclasses.fields(Seq2SeqTrainConfig)}
+    from .settings import add_flags, add_resume_flag
+
     p = sub.add_parser("train", help="train on a task or a TSV file, report held-out exact match",
                        description="Train an encoder-decoder Transformer with AdamW (betas 0.9, 0.98, "
                                    "eps 1e-9), logging every step to OUT/log.jsonl, evaluations "
                                    "(val loss, greedy exact match on the held-out pairs) to "
                                    "OUT/eval.jsonl, and checkpointing to OUT/ckpt.safetensors. "
                                    "Ctrl-C saves a checkpoint; --resume continues it exactly.")
-    for name, (type_, help_) in _TRAIN_FLAGS.items():
-        default = defaults[name]
-        flag = "--" + name.replace("_", "-")
-        if type_ is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                           help=f"{help_} (default: {'on' if default else 'off'})")
-            continue
-        shown = {"task": "reverse", "seq_len": "fitted to the data", "d_ff": "4 * d-model",
-                 "encoder_layers": "--layers", "decoder_layers": "--layers"}.get(name, default)
-        p.add_argument(flag, type=type_, default=argparse.SUPPRESS, help=f"{help_} (default: {shown})")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its checkpoint, with its saved settings "
-                        "(only --max-iters, intervals, --backend, --examples may change)")
+    shown = {"seq_len": "fitted to the data", "d_ff": "4 * d-model", "encoder_layers": "--layers",
+             "decoder_layers": "--layers"}
+    add_flags(p, _TRAIN_FLAGS, Seq2SeqTrainConfig, shown, unset="None")
+    add_resume_flag(p, "--max-iters, intervals, --backend, --examples")
     p.set_defaults(run=run_train)
 
 

@@ -1,16 +1,49 @@
-"""Checks for the settings of the commands (TrainConfig, Seq2SeqTrainConfig, FinetuneConfig).
+"""The settings of the commands (TrainConfig, Seq2SeqTrainConfig, FinetuneConfig): their flags
+and their checks.
 
-Each failure is one ValueError that names the field, its command-line flag, the value and what
-was expected:
+add_flags makes one command-line flag per field; Checker checks the values, each failure one
+ValueError that names the field, its command-line flag, the value and what was expected:
 
     TrainConfig: lr=-1.0 (--lr): expected a finite number >= 0
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import math
+from typing import Callable
 
 import numpy as np
+
+
+def add_flags(parser, flags: dict, config_cls, shown: dict | None = None, unset: str = "unset",
+              metavar: Callable | None = None) -> None:
+    """One --flag per field of the settings dataclass config_cls. flags: {field: (type, help)}.
+
+    Every flag defaults to argparse.SUPPRESS, so only the flags given reach config_cls(**...) (and
+    --resume can tell them apart). The help ends with the field's default: shown[field] where
+    given, `unset` for None, else the value; a bool field is a --x / --no-x pair.
+    metavar(field, type) -> the placeholder in --help, or None for argparse's own.
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    for name, (type_, help_) in flags.items():
+        default, flag = defaults[name], "--" + name.replace("_", "-")
+        if type_ is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=f"{help_} (default: {'on' if default else 'off'})")
+            continue
+        if "(default:" not in help_:
+            help_ = f"{help_} (default: {(shown or {}).get(name, unset if default is None else default)})"
+        extra = {"metavar": metavar(name, type_)} if metavar is not None else {}
+        parser.add_argument(flag, type=type_, default=argparse.SUPPRESS, help=help_, **extra)
+
+
+def add_resume_flag(parser, may_change: str) -> None:
+    """--resume, for a command whose saved settings allow only `may_change` to differ."""
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its checkpoint, with its saved settings "
+                             f"(only {may_change} may change)")
 
 
 def is_int(v) -> bool:

@@ -68,6 +68,7 @@ _SWITCHES = {
 
 
 def add_finetune(sub):
+    from ..settings import add_flags, add_resume_flag
     from .run import FinetuneConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
@@ -79,21 +80,14 @@ def add_finetune(sub):
                     "LoRA adapters (--lora-rank), with parts frozen (--freeze, --freeze-blocks). "
                     "Logs to OUT/log.jsonl, checkpoints to OUT/ckpt.safetensors (Ctrl-C saves; "
                     "--resume continues), metrics to OUT/metrics.json.")
-    for name, (type_, help_) in _FLAGS.items():
-        default = defaults[name]
-        shown = {"data": "see above", "init": "out, the folder of `npgpt train`"}.get(
-            name, "unset" if default is None else default)
-        p.add_argument("--" + name.replace("_", "-"), type=type_, default=argparse.SUPPRESS,
-                       help=help_ if "(default:" in help_ else f"{help_} (default: {shown})")
+    add_flags(p, _FLAGS, FinetuneConfig, {"data": "see above", "init": "out, the folder of `npgpt train`"})
     for name, kw in _LISTS.items():
         default = defaults[name]
         p.add_argument("--" + name.replace("_", "-"), default=argparse.SUPPRESS,
                        **{**kw, "help": f"{kw['help']} (default: {' '.join(default) if default else 'none'})"})
     for name, help_ in _SWITCHES.items():
         p.add_argument("--" + name, action="store_true", default=argparse.SUPPRESS, help=help_)
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its checkpoint, with its saved settings "
-                        "(only --max-iters, intervals, --backend, --sample-tokens, --merge may change)")
+    add_resume_flag(p, "--max-iters, intervals, --backend, --sample-tokens, --merge")
     p.set_defaults(run=run_finetune)
 
 
