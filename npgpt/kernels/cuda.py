@@ -413,10 +413,9 @@ def attention_forward(q, k, v, causal=True, key_pad=None, dropout_p=0.0, rng=Non
     query row); a block of ATTN_BR rows stages ATTN_BC keys and values at a time in shared memory,
     and each thread walks them with an online softmax, keeping a running max m and sum l of its
     row: when a key block raises the max, what was summed so far is rescaled by exp(m_old - m_new).
-    So no (Tq, Tk) matrix is ever written, and the cache (reference.FlashAttentionCache) keeps
-    the row log-sum-exp lse = m + log(l) in place of the probabilities. Key blocks wholly in the future of
-    a query block (causal) are not visited. A row whose every key is hidden gets out = 0.
-
+    So no (Tq, Tk) matrix is ever written, and the cache (reference.FlashAttentionCache) keeps the
+    row log-sum-exp lse = m + log(l) in place of the probabilities. Key blocks wholly in the future
+    of a query block (causal) are not visited. A row whose every key is hidden gets out = 0.
     dropout_p > 0 goes to reference.attention_forward (dropping probabilities needs them
     materialised); attention_backward follows the type of the cache.
     """
