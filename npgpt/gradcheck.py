@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from . import nn
 from .nn.module import Module
 
 TINY = 1e-30
@@ -181,8 +182,6 @@ def layer_cases(dtype="float64", seed: int = 0) -> dict:
     """{case name: (module, inputs)} for every layer of npgpt.nn, small enough to check every
     coordinate. Inputs are drawn away from ReLU's kink at 0, and attention weights a little
     larger than the model's init so the softmax is not uniform (which would hide errors)."""
-    from . import nn
-
     rng = np.random.default_rng(seed)
     dt = np.dtype(dtype)
 
