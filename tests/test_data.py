@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import npgpt.data.text
 from npgpt.data import (TASKS, Batch, Seq2SeqVocab, default_corpus, get_batch, iterate_batches,
                         load_pairs_tsv, load_text, make_task, pad_batch, split)
 
@@ -28,9 +30,15 @@ def test_default_corpus_is_pydoc_topics_in_sorted_order():
 
 
 def test_default_corpus_without_pydoc_data(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pydoc_data.topics", None)  # makes the import fail
-    with pytest.raises(ImportError, match="pydoc_data.topics.*load_text"):
-        default_corpus()
+    try:
+        with monkeypatch.context() as m:
+            m.setitem(sys.modules, "pydoc_data.topics", None)  # makes the import at the top fail
+            importlib.reload(npgpt.data.text)
+            with pytest.raises(ImportError, match="pydoc_data.topics.*load_text"):
+                default_corpus()
+    finally:
+        importlib.reload(npgpt.data.text)                     # the module as it was
+    assert default_corpus()
 
 
 def test_load_text(tmp_path):
