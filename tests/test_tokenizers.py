@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npgpt.data import default_corpus
-from npgpt.tokenizers import (BPETokenizer, CharTokenizer, _count_words, bytes_to_unicode,
-                              tokenizer_from_dict)
+from npgpt.data import Seq2SeqVocab, default_corpus
+from npgpt.tokenizers import BPETokenizer, CharTokenizer, bytes_to_unicode, tokenizer_from_dict
+from npgpt.tokenizers.bpe_train import count_words
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # transformers reads local folders only
 
@@ -148,7 +148,7 @@ def test_train_wikipedia_example_with_deterministic_ties():
 
 def _naive_merges(text: str, n_merges: int) -> list[tuple[bytes, bytes]]:
     """Reference trainer: recount every pair of every word before each merge."""
-    words, freqs = _count_words(text, [])
+    words, freqs = count_words(text, [])
     words = [[bytes([b]) for b in w] for w in words]
     merges = []
     for _ in range(n_merges):
@@ -301,7 +301,6 @@ def test_tokenizer_from_dict_errors():
 
 
 def test_tokenizer_from_dict_rebuilds_a_seq2seq_vocab():
-    from npgpt.data import Seq2SeqVocab
     vocab = Seq2SeqVocab("0123456789+")
     assert tokenizer_from_dict(json.loads(json.dumps(vocab.to_dict()))) == vocab
 
