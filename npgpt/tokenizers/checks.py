@@ -36,8 +36,8 @@ def check_id_range(ids: list[int], vocab_size: int, name: str = "ids") -> None:
         raise ValueError(f"{name}[{pos}] is {bad}: expected token ids in [0, {vocab_size})")
 
 
-
 def read_json(path: Path, name: str):
+    """The JSON value in the UTF-8 file path; errors name it as `name` ("path", "vocab file")."""
     if not path.is_file():
         what = "a directory" if path.is_dir() else "missing"
         raise FileNotFoundError(f"{name} {str(path)!r} is {what}: expected a JSON file")
