@@ -88,7 +88,8 @@ def test_gpt2_initialisation_scales_the_residual_projections():
     for proj in (model.h[3].attn.c_proj, model.h[3].mlp.c_proj):
         assert abs(proj.weight.data.std() - expected) < 0.1 * expected
     assert (model.h[0].attn.c_attn.bias.data == 0).all()
-    assert not hasattr(model, "lm_head")                    # tied: one table
+    assert model.lm_head.weight is model.wte.weight          # tied: one table, listed once
+    assert "lm_head.weight" not in dict(model.named_parameters())
 
 
 def test_parameter_names_are_gpt2s():

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from npgpt import Transformer, TransformerConfig
 from npgpt.gradcheck import TOLERANCES, numerical_gradient, rel_error, sample_index
-from npgpt.models.transformer import _CachedDecoder, _RecomputingDecoder, gnmt_length_penalty
+from npgpt.models.decoding import CachedDecoder, RecomputingDecoder, gnmt_length_penalty
 from tests.helpers import assert_close
 
 PAD, BOS, EOS = 0, 1, 2
@@ -329,7 +329,7 @@ def test_kv_cached_decoding_equals_recomputing_the_decoder():
         k, N = 3, 3 * len(src)                             # 3 beams per source
         memory = np.repeat(model.encode(src, src_pad), k, axis=0)
         pad = np.repeat(src_pad, k, axis=0)
-        cached, full = _CachedDecoder(model, memory, pad), _RecomputingDecoder(model, memory, pad)
+        cached, full = CachedDecoder(model, memory, pad), RecomputingDecoder(model, memory, pad)
         rng = np.random.default_rng(22)
         tokens = np.full(N, BOS)
         for t in range(8):
