@@ -97,7 +97,6 @@ GPT_PRESETS = {
     "gradcheck": dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, dtype="float64"),
     # the default `npgpt train`: a small char-level model that trains in minutes on 2 cores
     "baby": dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128),
-    "baby-shakespeare": dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128),
     "gpt2": dict(),
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
 }

@@ -172,13 +172,13 @@ class Seq2SeqTrainConfig:
 
     def schedule_fn(self):
         """step (1-based) -> learning rate."""
-        from .optim import noam, warmup_cosine
+        from .optim import Noam, WarmupCosine
 
         if self.schedule == "noam":
-            return noam(self.d_model, self.warmup, factor=self.lr * math.sqrt(self.d_model * self.warmup))
+            return Noam(self.d_model, self.warmup, factor=self.lr * math.sqrt(self.d_model * self.warmup))
         if self.schedule == "cosine":
-            return warmup_cosine(self.lr, self.warmup, self.max_iters, self.min_lr)
-        return warmup_cosine(self.lr, self.warmup, self.max_iters, self.lr)       # constant
+            return WarmupCosine(self.lr, self.warmup, self.max_iters, self.min_lr)
+        return WarmupCosine(self.lr, self.warmup, self.max_iters, self.lr)       # constant
 
 
 # Settings a resumed run may change; the rest must match the checkpoint (the same trajectory).

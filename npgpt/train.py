@@ -22,7 +22,7 @@ The seam for other training runs (seq2seq, fine-tuning): build the model and the
 
     trainer = Trainer(model, optimizer, batch_fn=lambda rng: next_batch(rng),   # a tuple of arrays
                       loss_fn=lambda m, b: m.forward(*b)[1],                   # leaves m ready for backward()
-                      eval_fn=lambda m: my_val_loss(m), schedule=npgpt.optim.noam(128, 4000),
+                      eval_fn=lambda m: my_val_loss(m), schedule=npgpt.optim.Noam(128, 4000),
                       max_iters=5000, out_dir="runs/x", meta={"tokenizer": vocab.to_dict()})
     result = trainer.run()
 
@@ -541,7 +541,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = True,
     """
     from . import data, kernels
     from .models.gpt import GPT
-    from .optim import AdamW, warmup_cosine
+    from .optim import AdamW, WarmupCosine
     from .tokenizers import tokenizer_from_dict
 
     if cfg.backend is not None:
@@ -577,7 +577,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = True,
     trainer = Trainer(model, opt, lm_batch_fn(train_ids, cfg.batch_size, mcfg.block_size),
                       eval_fn=lm_eval_fn(val_ids, cfg.batch_size, mcfg.block_size, cfg.eval_iters,
                                          seed=cfg.seed + 1),
-                      schedule=warmup_cosine(cfg.lr, cfg.warmup, cfg.max_iters, cfg.min_lr),
+                      schedule=WarmupCosine(cfg.lr, cfg.warmup, cfg.max_iters, cfg.min_lr),
                       max_iters=cfg.max_iters, grad_clip=cfg.grad_clip,
                       eval_interval=cfg.eval_interval, checkpoint_interval=cfg.checkpoint_interval,
                       out_dir=out, meta=meta, seed=cfg.seed, progress=progress, on_step=on_step)

@@ -1,6 +1,7 @@
 """npgpt checkpoints: a round trip holds every array and generator state; bad files say why."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -60,7 +61,7 @@ def test_save_is_atomic_and_leaves_no_temporary_file(tmp_path, monkeypatch):
 
     def crash(*args):
         raise KeyboardInterrupt            # Ctrl-C in the middle of the rename
-    monkeypatch.setattr(ckpt_io.os, "replace", crash)
+    monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(KeyboardInterrupt):
         ckpt_io.save(path, model, opt, step=2)
     assert path.read_bytes() == before

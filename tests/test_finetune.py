@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from npgpt import GPT, GPTConfig
 from npgpt.finetune import (GPTClassifier, LoRALinear, add_lora, classification_batches,
                             classification_report, encode_texts, evaluate, format_report, freeze,
-                            freeze_blocks, last_token_index, load_classification_file, load_lora,
-                            load_lora_state_dict, lora_state_dict, merge_lora, next_token_targets,
-                            save_lora, shuffled_words_task, unfreeze)
+                            freeze_blocks, frozen_below, last_token_index, load_classification_file,
+                            load_lora, load_lora_state_dict, lora_settings, lora_state_dict,
+                            merge_lora, next_token_targets, save_lora, shuffled_words_task, unfreeze)
 from npgpt.gradcheck import TOLERANCES, check_module, numerical_gradient, rel_error, sample_index
 from npgpt.nn import Linear
 from npgpt.optim import AdamW
@@ -247,8 +247,8 @@ def test_wrapped_model_starts_identical_and_merge_gives_the_same_logits():
             p.data[...] = rng.standard_normal(p.shape) * 0.5             # a real update
     unmerged, _ = model.forward(idx)
     assert rel_error(unmerged, before) > 1e-2
-    assert model.merge_lora() == 8
-    merged, _ = model.forward(idx)
+    assert merge_lora(model) == 8                                       # a function: nothing on
+    merged, _ = model.forward(idx)                                      # the instance
     assert_close("merged vs unmerged logits", merged, unmerged, 1e-12)
     assert [n for n, _ in model.named_parameters()] == names             # plain Linears, same order
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
@@ -323,19 +323,39 @@ def test_frozen_parameters_are_bit_for_bit_unchanged_after_adamw_steps(how):
         assert all(n.startswith("head.") or n.endswith(("lora_A", "lora_B")) for n in trainable)
 
 
-def test_backward_stops_below_the_lowest_trainable_block(monkeypatch):
+def test_backward_skips_the_frozen_bottom_when_told(monkeypatch):
     model = tiny()
     freeze(model, "wte", "wpe", "h.0")
+    assert frozen_below(model) == 1
+    idx, targets = np.random.default_rng(0).integers(0, 11, (2, 2, 8))
+    model.forward(idx, targets)
+    model.zero_grad()
+    model.backward()                                   # without the argument: the whole chain
+    expected = {n: p.grad.copy() for n, p in model.named_parameters()}
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("the backward of a block with nothing trainable below it ran")
 
     monkeypatch.setattr(model.h[0], "backward", must_not_run)
     monkeypatch.setattr(model.wte, "backward", must_not_run)
-    idx, targets = np.random.default_rng(0).integers(0, 11, (2, 2, 8))
     model.forward(idx, targets)
-    model.backward()
+    model.zero_grad()
+    model.backward(frozen_below=frozen_below(model))
+    for name, p in model.named_parameters():           # the same gradients, less work
+        np.testing.assert_array_equal(p.grad, expected[name], err_msg=name)
     assert model.h[1].attn.c_attn.weight.grad.any()
+    with pytest.raises(ValueError, match=r"frozen_below=2, but \['h\.1'\] hold trainable"):
+        model.backward(frozen_below=2)
+
+
+def test_the_classifier_skips_the_frozen_bottom(monkeypatch):
+    clf = GPTClassifier(tiny(), n_classes=2, aux_lm_weight=0.5)
+    freeze(clf, "gpt.wte", "gpt.wpe", "gpt.h.0")
+    monkeypatch.setattr(clf.gpt.h[0], "backward", lambda *a, **k: pytest.fail("h.0 ran backward"))
+    idx, pad = padded_batch()
+    clf.forward(idx, np.array([0, 1, 0]), pad)
+    clf.backward()
+    assert clf.gpt.h[1].mlp.c_fc.weight.grad.any()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,6 +411,40 @@ def test_adapters_save_and_load_alone_and_are_small(tmp_path):
         load_lora_state_dict(other, lora_state_dict(clf))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_lora(other, tmp_path / "missing.safetensors")
+
+
+def test_lora_settings_are_read_off_the_layers_and_saved(tmp_path):
+    model = tiny()
+    assert lora_settings(model) is None
+    add_lora(model, rank=2, alpha=3.0, dropout=0.1, targets=("mlp", "attn.c_proj"))
+    settings = {"rank": 2, "alpha": 3.0, "dropout": 0.1,
+                "targets": ["attn.c_proj", "mlp.c_fc", "mlp.c_proj"]}
+    assert lora_settings(model) == settings
+    assert not hasattr(model, "lora_config") and not hasattr(model, "merge_lora")
+    save_lora(model, tmp_path / "a.safetensors")
+    again = tiny()
+    load_lora(again, tmp_path / "a.safetensors")
+    assert lora_settings(again) == settings
+    opt = AdamW(again.parameters())
+    assert len(opt.runs) == 1                  # the adapters lie in one buffer of their own
+
+
+@pytest.mark.parametrize("mismatch", ["n_layer", "classifier file into a GPT", "targets"])
+def test_a_failed_load_lora_changes_nothing(tmp_path, mismatch):
+    source = GPTClassifier(tiny(), n_classes=2) if mismatch == "classifier file into a GPT" else tiny()
+    add_lora(source, rank=2, targets="mlp" if mismatch == "targets" else ("attn", "mlp"))
+    save_lora(source, tmp_path / "a.safetensors")
+    model = tiny(n_layer=3) if mismatch == "n_layer" else tiny()
+    if mismatch == "targets":
+        add_lora(model, rank=2, targets="attn")
+    before = {n: (p.data.copy(), p.requires_grad) for n, p in model.named_parameters()}
+    modules = [type(m) for m in model.modules()]
+    with pytest.raises((KeyError, ValueError)):
+        load_lora(model, tmp_path / "a.safetensors")
+    after = {n: (p.data, p.requires_grad) for n, p in model.named_parameters()}
+    assert after.keys() == before.keys() and [type(m) for m in model.modules()] == modules
+    for name, (data, trains) in before.items():
+        assert np.array_equal(after[name][0], data) and after[name][1] == trains, name
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""npgpt.optim against torch.optim: SGD, AdamW, clip_grad_norm, schedules, state, flat buffers.
+"""npgpt.optim against torch.optim: SGD, AdamW, clip_grad_norm, schedules, state, runs.
 
 The same parameters and the same random gradients go through npgpt and PyTorch for 10 steps;
 every parameter is compared after every step.
@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from npgpt import optim
+from npgpt import kernels, optim
 from npgpt.nn.linear import Linear
-from npgpt.nn.module import Parameter
+from npgpt.nn.module import Parameter, flatten_parameters
+from npgpt.optim.flat import BLOCK
 from tests.helpers import assert_close
 
 # Relative error allowed between npgpt and torch after each step, and why that size:
@@ -123,16 +124,50 @@ def test_adamw_param_groups_and_schedule_match_torch():
     topt = torch.optim.AdamW(groups, betas=(0.9, 0.95), foreach=False)
     run_both(opt, topt, params, tparams)
     # the schedule sets every group's lr, in both
-    run_both(opt, topt, params, tparams, seed=2, schedule=optim.warmup_cosine(1e-2, 3, 10, 1e-3))
+    run_both(opt, topt, params, tparams, seed=2, schedule=optim.WarmupCosine(1e-2, 3, 10, 1e-3))
 
 
-def test_mixed_dtypes_get_one_buffer_each():
+def test_mixed_dtypes_and_separate_parameters_are_one_run_each():
     params = make_params(np.float64)[:2] + make_params(np.float32, seed=5)[2:]
     tparams = to_torch(params)
     opt = optim.AdamW(params, weight_decay=0.1)
-    assert sorted(opt.buffers) == ["float32", "float64"]
+    assert [run.params for run in opt.runs] == [(p,) for p in params]
     topt = torch.optim.AdamW(torch_groups(params, tparams, 0.1), foreach=False)
     run_both(opt, topt, params, tparams)
+
+
+def test_flattened_parameters_are_one_run_per_buffer_and_group():
+    a, b = make_params(np.float64), make_params(np.float32, seed=5)
+    flatten_parameters(a)
+    flatten_parameters(b)
+    assert len(optim.AdamW(a + b).runs) == 2                            # one per buffer
+    groups = optim.AdamW([{"params": a[:3]}, {"params": a[3:] + b, "lr": 0.1}]).runs
+    assert [len(run.params) for run in groups] == [3, 1, 4]            # a group ends a run
+    assert len(optim.AdamW([a[0], a[2], a[3]]).runs) == 2              # a gap in memory ends one
+    a[1].requires_grad = False
+    assert [len(run.params) for run in optim.AdamW(a).runs] == [1, 2]  # a frozen gap ends one
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: optim.AdamW([{"params": ps[:3], "weight_decay": 0.1}, {"params": ps[3:], "lr": 1e-2}]),
+    lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1),
+], ids=["adamw", "sgd"])
+@pytest.mark.parametrize("backend", [b for b in kernels.available_backends() if b != "cuda"])
+def test_runs_step_exactly_as_separate_parameters(make, backend):
+    """One update call over a flat run (a fused kernel on the numba backend) gives the bits of
+    one call per parameter, and the state_dict does not depend on the layout."""
+    separate, flat = make_params(np.float32), make_params(np.float32)
+    flatten_parameters(flat)
+    with kernels.backend(backend):
+        a, b = make(separate), make(flat)
+        assert len(a.runs) == len(separate) and len(b.runs) < len(flat)
+        steps_with(a, separate, np.random.default_rng(0), 4)
+        steps_with(b, flat, np.random.default_rng(0), 4)
+    for p, q in zip(separate, flat):
+        assert p.data.tobytes() == q.data.tobytes()
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(np.array_equal(sa[k], sb[k]) for k in sa)
+    make(make_params(np.float32)).load_state_dict(sb)      # a flat state loads into separate ones
 
 
 # -- clip_grad_norm ----------------------------------------------------------------------------
@@ -154,9 +189,11 @@ def test_clip_grad_norm_matches_torch(max_norm, dtype):
         assert all(np.array_equal(p.grad, b) for p, b in zip(params, before))
 
 
-def test_clip_grad_norm_of_optimizer_uses_its_flat_buffers():
+def test_clip_grad_norm_of_optimizer_uses_its_runs():
     params, copies = make_params(np.float32), make_params(np.float32)
+    flatten_parameters(params)
     opt = optim.SGD(params, lr=0.1)
+    assert len(opt.runs) == 1
     for p, c in zip(params, copies):
         p.grad[...] = c.grad[...] = np.random.default_rng(p.size).standard_normal(p.shape)
     assert optim.clip_grad_norm(opt, 0.5) == pytest.approx(optim.clip_grad_norm(copies, 0.5), rel=1e-12)
@@ -187,7 +224,7 @@ def test_clip_grad_norm_skips_frozen_and_counts_shared_once():
 # -- schedules ---------------------------------------------------------------------------------
 
 def test_warmup_cosine_key_points_and_monotonic():
-    s = optim.warmup_cosine(max_lr=1e-3, warmup_steps=10, total_steps=110, min_lr=1e-4)
+    s = optim.WarmupCosine(max_lr=1e-3, warmup_steps=10, total_steps=110, min_lr=1e-4)
     assert s(1) == pytest.approx(1e-4)          # max_lr / warmup_steps: warming up from ~0
     assert s(10) == pytest.approx(1e-3)         # the end of the warmup: max_lr
     assert s(60) == pytest.approx(5.5e-4)       # the middle of the decay: (max + min) / 2
@@ -195,11 +232,11 @@ def test_warmup_cosine_key_points_and_monotonic():
     lrs = np.array([s(t) for t in range(1, 120)])
     assert np.all(np.diff(lrs[:10]) > 0) and np.all(np.diff(lrs[9:110]) < 0)
     assert np.all(np.diff(lrs[109:]) == 0)
-    assert optim.warmup_cosine(1.0, 0, 10)(1) == pytest.approx(0.5 * (1 + math.cos(math.pi / 10)))
+    assert optim.WarmupCosine(1.0, 0, 10)(1) == pytest.approx(0.5 * (1 + math.cos(math.pi / 10)))
 
 
 def test_noam_peaks_at_warmup_and_equals_the_formula():
-    s = optim.noam(d_model=512, warmup_steps=400, factor=2.0)
+    s = optim.Noam(d_model=512, warmup_steps=400, factor=2.0)
     lrs = np.array([s(t) for t in range(1, 4001)])
     assert int(np.argmax(lrs)) + 1 == 400
     assert s(400) == pytest.approx(2.0 / math.sqrt(512 * 400), rel=1e-15)
@@ -208,20 +245,20 @@ def test_noam_peaks_at_warmup_and_equals_the_formula():
 
 
 def test_schedules_count_steps_from_one():
-    for s in (optim.constant(0.1), optim.warmup_cosine(1.0, 2, 5), optim.noam(8, 4)):
+    for s in (optim.Constant(0.1), optim.WarmupCosine(1.0, 2, 5), optim.Noam(8, 4)):
         with pytest.raises(ValueError, match="step=0"):
             s(0)
         with pytest.raises(TypeError, match="step=1.5"):
             s(1.5)
-    assert optim.constant(0.1)(np.int64(7)) == 0.1
+    assert optim.Constant(0.1)(np.int64(7)) == 0.1
 
 
 @pytest.mark.parametrize("make, match", [
-    (lambda: optim.warmup_cosine(1.0, 10, 5), "total_steps=5"),
-    (lambda: optim.warmup_cosine(1.0, 1, 5, min_lr=2.0), "min_lr=2.0"),
-    (lambda: optim.warmup_cosine(-1.0, 1, 5), "max_lr=-1.0"),
-    (lambda: optim.noam(8, 0), "warmup_steps=0"),
-    (lambda: optim.constant(-0.1), "lr=-0.1"),
+    (lambda: optim.WarmupCosine(1.0, 10, 5), "total_steps=5"),
+    (lambda: optim.WarmupCosine(1.0, 1, 5, min_lr=2.0), "min_lr=2.0"),
+    (lambda: optim.WarmupCosine(-1.0, 1, 5), "max_lr=-1.0"),
+    (lambda: optim.Noam(8, 0), "warmup_steps=0"),
+    (lambda: optim.Constant(-0.1), "lr=-0.1"),
 ])
 def test_schedule_bad_arguments(make, match):
     with pytest.raises(ValueError, match=match):
@@ -373,44 +410,59 @@ def test_freezing_or_unfreezing_after_construction_is_an_error():
 def test_shared_param_is_stored_and_updated_once():
     params = make_params(np.float64)
     tied = [params[0], params[1], params[0], params[2], params[3], params[1]]
+    flatten_parameters(params)
     opt = optim.AdamW(tied, lr=1e-2, weight_decay=0.1)
-    assert len(opt.params) == 4 and opt.buffers["float64"][0].size == sum(p.size for p in params)
+    assert len(opt.params) == 4 and [run.data.size for run in opt.runs] == [sum(p.size for p in params)]
     tparams = to_torch(params)
     topt = torch.optim.AdamW(torch_groups(params, tparams, 0.1, lr=1e-2), foreach=False)
     run_both(opt, topt, params, tparams, steps=3)
 
 
-def test_flat_buffers_alias_the_layer_parameters():
+def test_building_an_optimizer_moves_no_array():
+    """Arrays taken from p.data / p.grad before the optimizer was built stay the parameters'."""
     rng = np.random.default_rng(0)
     lin = Linear(3, 4, dtype="float64", rng=rng)
+    w, dw, b = lin.weight.data, lin.weight.grad, lin.bias.data
     opt = optim.AdamW(lin.parameters(), lr=0.1)
-    data, grad = opt.buffers["float64"]
-    assert np.shares_memory(lin.weight.data, data) and np.shares_memory(lin.bias.grad, grad)
+    optim.SGD(lin.parameters(), lr=0.1, momentum=0.9)                # a second one: nothing moves
+    assert lin.weight.data is w and lin.weight.grad is dw and lin.bias.data is b
     x, dout = rng.standard_normal((2, 5, 3)), rng.standard_normal((2, 5, 4))
     lin.forward(x)
-    lin.backward(dout)                           # the layer adds into p.grad, a view of grad
-    expected_dw = x.reshape(-1, 3).T @ dout.reshape(-1, 4)
-    assert_close("flat grad", grad, np.concatenate([expected_dw.ravel(), dout.sum((0, 1))]), 1e-14)
-    w_before = lin.weight.data.copy()
-    opt.step()                                   # the optimizer writes into data; the layer sees it
-    assert not np.array_equal(lin.weight.data, w_before)
-    assert_close("forward after step", lin.forward(x), x @ data[:12].reshape(3, 4) + data[12:], 1e-14)
+    lin.backward(dout)                                # the layer adds into p.grad, which is dw
+    assert_close("dw", dw, x.reshape(-1, 3).T @ dout.reshape(-1, 4), 1e-14)
+    w_before = w.copy()
+    opt.step()                                        # the optimizer writes into p.data, which is w
+    assert not np.array_equal(w, w_before)
+    assert_close("forward after step", lin.forward(x), x @ w + b, 1e-14)
     opt.zero_grad()
-    assert not lin.weight.grad.any() and not lin.bias.grad.any()
+    assert not dw.any() and not lin.bias.grad.any()
 
 
-def test_a_second_optimizer_on_the_same_params_makes_the_first_fail_loudly():
+def test_runs_are_views_of_the_flat_buffer():
+    rng = np.random.default_rng(0)
+    lin = Linear(3, 4, dtype="float64", rng=rng)
+    data, grad = flatten_parameters(lin)
+    opt = optim.AdamW(lin.parameters(), lr=0.1)
+    (run,) = opt.runs
+    assert np.shares_memory(run.data, data) and run.data.size == data.size == 16
+    assert np.shares_memory(run.grad, grad) and run.decay.tolist() == [True] * 12 + [False] * 4
+    lin.forward(rng.standard_normal((2, 3)))
+    lin.backward(np.ones((2, 4)))
+    assert run.grad[12:].tolist() == [2.0] * 4        # what the layer wrote, seen through the run
+
+
+def test_flattening_after_building_makes_the_optimizer_fail_loudly():
     params = make_params(np.float64)
-    first = optim.AdamW(params)
-    optim.SGD(params, lr=0.1)
-    with pytest.raises(RuntimeError, match="no longer a view"):
-        first.step()
+    opt = optim.AdamW(params)
+    flatten_parameters(params)
+    with pytest.raises(RuntimeError, match="no longer the array it was"):
+        opt.step()
 
 
 # -- the update functions ----------------------------------------------------------------------
 
 def test_adamw_update_equals_the_formula_across_chunks():
-    n = 2 * optim.BLOCK + 17                    # more than one chunk, a ragged last one
+    n = 2 * BLOCK + 17                    # more than one chunk, a ragged last one
     rng = np.random.default_rng(0)
     p, g, m = rng.standard_normal(n), rng.standard_normal(n), rng.standard_normal(n)
     v, decay = rng.random(n), rng.random(n) < 0.5

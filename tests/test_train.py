@@ -10,7 +10,7 @@ import pytest
 from npgpt import GPT, GPTConfig
 from npgpt import checkpoint as ckpt_io
 from npgpt.data import default_corpus
-from npgpt.optim import AdamW, constant
+from npgpt.optim import AdamW, Constant
 from npgpt.train import (RunLog, TrainConfig, Trainer, TrainingDiverged, graceful_interrupt,
                          read_log, resume_config, train)
 from tests.helpers import interrupt_at, quiet
@@ -79,7 +79,7 @@ def tiny_trainer(out, model=None, **kw):
         o = rng.integers(0, len(data) - 9, 4)[:, None] + np.arange(8)
         return data[o], data[o + 1]
     opt = AdamW(model.parameters(), lr=1e-2)
-    return Trainer(model, opt, batch_fn, schedule=constant(1e-2), out_dir=out, progress=False, **kw)
+    return Trainer(model, opt, batch_fn, schedule=Constant(1e-2), out_dir=out, progress=False, **kw)
 
 
 def test_a_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):

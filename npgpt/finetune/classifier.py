@@ -3,7 +3,7 @@ each sequence's last real token, with an optional auxiliary language-modelling l
 
     clf = GPTClassifier(gpt, n_classes=2, aux_lm_weight=0.5)
     logits, loss = clf.forward(idx, labels, pad)      # logits (B, n_classes)
-    clf.backward()                                   # the head, then the GPT (gpt.backward_hidden)
+    clf.backward()                                   # the head, then the GPT (gpt.backward(dh=...))
 
 The GPT's parameters are the classifier's, named "gpt." + their GPT name; the head's are
 head.weight and head.bias.
@@ -18,6 +18,7 @@ import numpy as np
 from ..models.gpt import GPT
 from ..nn import CrossEntropyLoss, Linear, Module
 from ..nn.validate import check_array, check_ids
+from .freeze import frozen_below
 
 
 def last_token_index(pad, shape) -> np.ndarray:
@@ -107,7 +108,7 @@ class GPTClassifier(Module):
         loss = self.loss_fn.forward(logits, labels)
         self.losses = {"cls": loss}
         if aux:
-            lm_logits = self.gpt._head(h)                               # (B, T, V), the LM head
+            lm_logits = self.gpt.lm_head.forward(h)                     # (B, T, V), the LM head
             self.losses["lm"] = self.lm_loss_fn.forward(lm_logits, next_token_targets(idx, pad))
             loss = loss + self.aux_lm_weight * self.losses["lm"]
         return logits, loss
@@ -128,10 +129,9 @@ class GPTClassifier(Module):
         dfeat = self.head.backward(dlogits)                             # (B, C)
         dh = np.zeros(shape, dtype=dfeat.dtype)
         dh[np.arange(shape[0]), last] = dfeat         # forward: f_b = h[b, last_b], a gather
-        if aux:
-            dlm = self.lm_loss_fn.backward(self.aux_lm_weight)          # d(w * CE_lm)/d lm_logits
-            dh += self.gpt._head_backward(dlm)                          # and the tied table's grad
-        self.gpt.backward_hidden(dh)
+        dlm = self.lm_loss_fn.backward(self.aux_lm_weight) if aux else None   # d(w * CE_lm)/d lm_logits
+        # the GPT from h down (and from the LM head, which h also fed); a frozen bottom is skipped
+        self.gpt.backward(dlm, dh=dh, frozen_below=frozen_below(self.gpt))
         return None
 
     def predict(self, idx, pad=None) -> np.ndarray:
@@ -153,12 +153,3 @@ def _check_labels(labels, B: int, n_classes: int) -> np.ndarray:
         bad = int(labels.min()) if labels.min() < 0 else int(labels.max())
         raise ValueError(f"labels contains {bad}: expected class ids in [0, {n_classes})")
     return labels.astype(np.int64, copy=False)
-
-
-def _gpt_of(model) -> tuple[GPT, str]:
-    """(the GPT inside `model`, the prefix of its parameter names in `model`)."""
-    if isinstance(model, GPT):
-        return model, ""
-    if isinstance(model, GPTClassifier):
-        return model.gpt, "gpt."
-    raise TypeError(f"model is a {type(model).__name__}: expected a GPT or a GPTClassifier")

@@ -3,19 +3,30 @@
     freeze(model, "wte", "wpe", "h.0")        the embeddings and block 0 stay bit for bit
     freeze_blocks(model, 0, 2)                blocks 0 and 1 (Python's range)
     unfreeze(model)                           everything trains again
+    frozen_below(model)                       how many bottom blocks the backward may skip
 
-Frozen means `Parameter.requires_grad = False`: the optimizer leaves the parameter out of its flat
-buffer (so freeze *before* building the optimizer), Linear and Embedding skip the work that would
-only produce its gradient, and GPT.backward_hidden stops at the lowest block that still has
-something to train.
+Frozen means `Parameter.requires_grad = False`: the optimizer leaves the parameter out (so freeze
+*before* building the optimizer), Linear and Embedding skip the work that would only produce its
+gradient, and `gpt.backward(frozen_below=frozen_below(gpt))` does not even run the backward of
+the frozen bottom of the network (below the lowest block that has something to train).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..models.gpt import GPT
 from ..nn import Module
-from .classifier import _gpt_of
+
+
+def gpt_of(model) -> tuple[GPT, str]:
+    """(the GPT inside `model`, the prefix of its parameter names in `model`): a GPT itself, or
+    a model that holds one as .gpt (a GPTClassifier)."""
+    if isinstance(model, GPT):
+        return model, ""
+    if isinstance(getattr(model, "gpt", None), GPT):
+        return model.gpt, "gpt."
+    raise TypeError(f"model is a {type(model).__name__}: expected a GPT or a GPTClassifier")
 
 
 def _set_trainable(model: Module, prefixes, flag: bool, where: str) -> int:
@@ -71,7 +82,7 @@ def unfreeze(model: Module, *prefixes: str) -> int:
 def freeze_blocks(model, start: int, stop: int) -> int:
     """Freeze the Transformer blocks start .. stop-1 of a GPT (or of a GPTClassifier's GPT), as
     Python's range(start, stop). Returns the number of trainable parameters left."""
-    gpt, prefix = _gpt_of(model)
+    gpt, prefix = gpt_of(model)
     n = len(gpt.h)
     for name, v in (("start", start), ("stop", stop)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
@@ -80,3 +91,15 @@ def freeze_blocks(model, start: int, stop: int) -> int:
         raise ValueError(f"freeze_blocks: blocks {start}..{stop - 1} (start={start}, stop={stop}): "
                          f"expected 0 <= start < stop <= n_layer={n}")
     return freeze(model, *(f"{prefix}h.{i}" for i in range(start, stop)))
+
+
+def frozen_below(model) -> int:
+    """The number of bottom blocks of a GPT (or a GPTClassifier's GPT) that hold nothing
+    trainable, with nothing trainable below them either (the embeddings frozen too): what
+    GPT.backward(frozen_below=...) may skip. 0 when the embeddings train; n_layer when no block
+    does (the backward then stops at ln_f)."""
+    gpt, _ = gpt_of(model)
+    trains = lambda m: any(p.requires_grad for p in m.parameters())      # noqa: E731
+    if trains(gpt.wte) or trains(gpt.wpe):
+        return 0
+    return next((i for i, block in enumerate(gpt.h) if trains(block)), len(gpt.h))

@@ -8,7 +8,7 @@
 An npgpt checkpoint may come from `npgpt train` (a GPT) or from `npgpt finetune` (a GPT, or a
 GPTClassifier whose GPT is taken, its head left behind; LoRA adapters saved unmerged are folded
 into the weights). A GPT-2 folder needs config.json and model.safetensors (the weights, read by
-npgpt.checkpoint.load_gpt2) and vocab.json and merges.txt (the byte-level BPE tokenizer).
+GPT.from_pretrained) and vocab.json and merges.txt (the byte-level BPE tokenizer).
 
 The returned GPT is built anew from the saved config with `dropout` (None: the saved value) and
 `dtype`, its dropout generators seeded by `seed`: a fine-tune continues the weights, not the
@@ -23,6 +23,8 @@ from pathlib import Path
 from .. import checkpoint as ckpt_io
 from ..config import GPTConfig
 from ..models.gpt import GPT
+from ..tokenizers import BPETokenizer, tokenizer_from_dict
+from .lora import add_lora, merge_lora
 
 CHECKPOINT_NAME = "ckpt.safetensors"
 GPT2_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")
@@ -67,9 +69,6 @@ def load_init(init, dtype: str | None = "float32", dropout: float | None = None,
 
 
 def _from_checkpoint(path: Path, where: str, dtype, dropout, seed) -> Init:
-    from ..tokenizers import tokenizer_from_dict
-    from .lora import add_lora, merge_lora
-
     try:
         ck = ckpt_io.load(path)
     except ValueError as e:
@@ -110,9 +109,7 @@ def _from_checkpoint(path: Path, where: str, dtype, dropout, seed) -> Init:
 
 
 def _from_gpt2(folder: Path, dtype, dropout, seed) -> Init:
-    from ..tokenizers import BPETokenizer
-
-    loaded = ckpt_io.load_gpt2(folder, dtype=dtype)
+    loaded = GPT.from_pretrained(folder, dtype=dtype)
     tok = BPETokenizer.from_pretrained(folder)
     if tok.vocab_size > loaded.config.vocab_size:
         raise ValueError(f"--init {str(folder)!r}: the tokenizer has {tok.vocab_size} tokens but the "

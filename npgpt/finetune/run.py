@@ -168,9 +168,10 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
              on_step: Callable | None = None, print_fn: Callable = print) -> FinetuneResult:
     """Fine-tune as cfg says; with resume, continue the checkpoint in cfg.out."""
     from .. import kernels
-    from ..optim import AdamW, warmup_cosine
+    from ..optim import AdamW, WarmupCosine
     from ..train import Trainer
     from . import tasks
+    from .lora import lora_settings
 
     if cfg.backend is not None:
         kernels.use_backend(cfg.backend)
@@ -190,12 +191,12 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = 
     opt = AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     meta = {"finetune": dataclasses.asdict(cfg), "tokenizer": tok.to_dict(),
             "gpt_config": gpt.config.to_dict(), "init": source,
-            "lora": getattr(gpt, "lora_config", None), "classes": task.classes,
+            "lora": lora_settings(gpt), "classes": task.classes,
             "data": {"source": task.source, "sha256": task.sha256},
             "backend": kernels.current_backend()}
     trainer = Trainer(model, opt, task.batch_fn(cfg.batch_size), loss_fn=task.loss_fn,
                       eval_fn=task.eval_fn(cfg), tokens_fn=task.tokens_fn,
-                      schedule=warmup_cosine(cfg.lr, _warmup(cfg), cfg.max_iters, cfg.min_lr),
+                      schedule=WarmupCosine(cfg.lr, _warmup(cfg), cfg.max_iters, cfg.min_lr),
                       max_iters=cfg.max_iters, grad_clip=cfg.grad_clip, eval_interval=cfg.eval_interval,
                       checkpoint_interval=cfg.checkpoint_interval, out_dir=out, meta=meta,
                       seed=cfg.seed, progress=progress, on_step=on_step)

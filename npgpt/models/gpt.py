@@ -2,8 +2,12 @@
 
     x      = dropout(wte[idx] + wpe[0..T-1])           token + position embeddings   (B, T, C)
     x      = block_L( ... block_1(x))                  pre-LN Transformer blocks
-    logits = ln_f(x) @ wte^T                            the head shares the token table (tied)
+    h      = ln_f(x)                                   the final hidden states          (B, T, C)
+    logits = h @ wte^T                                 the head shares the token table (tied)
     loss   = mean cross-entropy(logits, targets)
+
+backward() is that chain in reverse, in one method: loss, head, ln_f, the blocks from the top,
+the embeddings (where the tied table's two gradients meet).
 
 Parameter names follow GPT-2's (without the `transformer.` prefix): wte.weight, wpe.weight,
 h.0.ln_1.weight, h.0.attn.c_attn.weight, ..., ln_f.bias; lm_head.weight only when untied.
@@ -15,19 +19,24 @@ import math
 
 import numpy as np
 
-from .. import kernels
 from ..config import GPTConfig
 from ..nn import (Block, CrossEntropyLoss, Dropout, Embedding, KVCache, LayerNorm,
                   LearnedPositionalEmbedding, Linear, Module, ModuleList,
-                  SinusoidalPositionalEncoding)
+                  SinusoidalPositionalEncoding, flatten_parameters)
 from ..nn.attention import scaled_init_std
+from ..nn.head import TiedHead
 from ..nn.validate import check_array, check_ids
+from .gpt2_hf import read_gpt2
 
 
 class GPT(Module):
     """The model of GPTConfig, initialised as GPT-2: every weight ~ N(0, 0.02^2), the two
     projections into the residual stream of each block ~ N(0, (0.02 / sqrt(2 n_layer))^2),
-    biases 0, LayerNorms (1, 0). The same seed gives the same weights and dropout masks."""
+    biases 0, LayerNorms (1, 0). The same seed gives the same weights and dropout masks.
+
+    The parameters lie in one flat buffer (flatten_parameters, the constructor's last step), so
+    an optimizer updates the whole model in one pass; nothing moves them afterwards.
+    """
 
     def __init__(self, config: GPTConfig, seed: int = 0):
         super().__init__()
@@ -47,10 +56,12 @@ class GPT(Module):
                                   activation=cfg.activation, eps=cfg.layer_norm_eps, proj_std=proj_std, **kw)
                             for _ in range(cfg.n_layer))
         self.ln_f = LayerNorm(cfg.n_embd, cfg.layer_norm_eps, cfg.bias, dtype=cfg.dtype)
-        if not cfg.tie_weights:
+        if cfg.tie_weights:
+            self.lm_head = TiedHead(self.wte)               # logits = h @ wte^T: one table
+        else:
             self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False, **kw)
         self.loss_fn = CrossEntropyLoss()
-        self._head_input = None
+        flatten_parameters(self)
 
     # -- forward and backward ----------------------------------------------------------------
 
@@ -61,29 +72,12 @@ class GPT(Module):
         loss is the mean cross-entropy. kv_caches (one KVCache per block, inference only): the
         positions of idx continue the cached ones.
         """
-        x = self.forward_hidden(idx, kv_caches)                       # (B, T, C)
-        logits = self._head(x)                                        # (B, T, V)
+        h = self.forward_hidden(idx, kv_caches)                       # (B, T, C)
+        logits = self.lm_head.forward(h)                              # (B, T, V)
         loss = None
         if targets is not None:
             loss = self.loss_fn.forward(logits, targets)
         return logits, loss
-
-    def backward(self, dlogits=None):
-        """The chain rule through forward, in reverse. Gradients are added into every .grad.
-
-        dlogits: (B, T, V), the gradient of whatever scalar you differentiate; by default the
-        mean cross-entropy of the last forward (which must have had targets).
-        Returns None: the input is token ids, which have no gradient.
-        """
-        if dlogits is None:
-            if self.loss_fn._cache is None:
-                raise RuntimeError("GPT.backward() without dlogits needs a forward with targets first")
-            dlogits = self.loss_fn.backward(1.0)                      # (B, T, V)
-        else:
-            check_array("dlogits", dlogits, dtype=self.wte.weight.dtype, ndim=3,
-                        last_dim=self.config.vocab_size)
-        self.backward_hidden(self._head_backward(dlogits))            # logits = h @ W_head
-        return None
 
     def forward_hidden(self, idx, kv_caches: list[KVCache] | None = None):
         """idx: int (B, T) -> h: (B, T, C), the final hidden states: everything up to and
@@ -95,56 +89,59 @@ class GPT(Module):
         if offset + T > cfg.block_size:
             raise ValueError(f"idx has {offset + T} positions (with the cache): expected at most "
                              f"block_size={cfg.block_size}")
-        tok = self.wte.forward(idx)                                   # (B, T, C)
-        pos = self.wpe.forward(T, offset)                             # (T, C)
-        x = self.drop.forward(tok + pos)
+        x = self.drop.forward(self.wte.forward(idx) + self.wpe.forward(T, offset))   # (B, T, C)
         for i, block in enumerate(self.h):
             x = block.forward(x, kv_cache=kv_caches[i] if kv_caches else None)
         return self.ln_f.forward(x)
 
-    def backward_hidden(self, dh):
-        """The chain rule from dh (B, T, C), the gradient of forward_hidden's output, down to the
-        embeddings. Gradients are added into every trainable .grad; returns None.
+    def backward(self, dlogits=None, *, dh=None, frozen_below: int = 0):
+        """The chain rule through forward (and forward_hidden), in reverse. Gradients are added
+        into every trainable .grad; returns None (the input is token ids: no gradient).
 
-        The pass stops at the lowest block that holds a trainable parameter: below it nothing
-        would receive a gradient (frozen embeddings and blocks, as in fine-tuning the top layers
-        or LoRA on some blocks), so the backward of the blocks below is skipped, not just their
-        weight gradients.
+        dlogits: (B, T, V), the gradient of whatever scalar you differentiate; by default the
+        mean cross-entropy of the last forward (which must have had targets).
+        dh: (B, T, C), a gradient of the hidden states h from elsewhere (a classifier's head);
+        with it, the head runs backward only if dlogits is given too, and both add.
+        frozen_below: the bottom blocks 0 .. frozen_below-1 and the embeddings hold nothing
+        trainable (fine-tuning: npgpt.finetune.frozen_below(model)), so their backward is
+        skipped, not just their weight gradients: a frozen bottom costs no backward work.
         """
-        check_array("dh", dh, dtype=self.ln_f.weight.dtype, ndim=3, last_dim=self.config.n_embd)
-        trains = lambda m: any(p.requires_grad for p in m.parameters())      # noqa: E731
-        lowest = 0 if trains(self.wte) or trains(self.wpe) else \
-            next((i for i, block in enumerate(self.h) if trains(block)), len(self.h))
+        self._check_frozen_below(frozen_below)
+        if dh is None and dlogits is None:
+            if self.loss_fn._cache is None:
+                raise RuntimeError("GPT.backward() without dlogits needs a forward with targets first")
+            dlogits = self.loss_fn.backward(1.0)                      # loss = mean CE(logits)
+        if dh is not None:
+            check_array("dh", dh, dtype=self.ln_f.weight.dtype, ndim=3, last_dim=self.config.n_embd)
+        if dlogits is not None:
+            check_array("dlogits", dlogits, dtype=self.ln_f.weight.dtype, ndim=3,
+                        last_dim=self.config.vocab_size)
+            dh_head = self.lm_head.backward(dlogits)                  # logits = lm_head(h)
+            dh = dh_head if dh is None else dh + dh_head              # h feeds both: they add
         dx = self.ln_f.backward(dh)                                   # h = ln_f(x_L)
-        for block in reversed(self.h[lowest:]):
+        for block in reversed(self.h[frozen_below:]):
             dx = block.backward(dx)                                   # x_{i+1} = block_i(x_i)
-        if lowest > 0:
+        if frozen_below > 0:
             return None                                               # nothing below trains
         dx = self.drop.backward(dx)                                   # x_0 = dropout(tok + pos)
         self.wpe.backward(dx)                                         # both addends get dx
-        self.wte.backward(dx)
+        self.wte.backward(dx)                                         # (wte adds to its head's)
         return None
 
-    def _head(self, x):
-        """logits = x @ W_te^T (tied) or x @ W_head. x: (B, T, C) -> (B, T, V)."""
-        self._head_input = x
-        if self.config.tie_weights:
-            return kernels.get("matmul")(x, self.wte.weight.data.T)
-        return self.lm_head.forward(x)
-
-    def _head_backward(self, dlogits):
-        if not self.config.tie_weights:
-            return self.lm_head.backward(dlogits)
-        matmul = kernels.get("matmul")
-        x = self._head_input
-        W = self.wte.weight
-        if W.requires_grad:
-            # forward: logits = x @ W^T   ->   dW = dlogits^T @ x   (V, C), added to the table's
-            # gradient (in one product, no (V, C) temporary): the embedding's own contribution
-            # arrives later, in wte.backward
-            d2 = dlogits.reshape(-1, dlogits.shape[-1])                   # (N, V)
-            kernels.get("matmul_add")(W.grad, d2.T, x.reshape(-1, x.shape[-1]))
-        return matmul(dlogits, W.data)                                    # dx = dlogits @ W
+    def _check_frozen_below(self, frozen_below) -> None:
+        """frozen_below must be a block index with nothing trainable below it."""
+        n = len(self.h)
+        if isinstance(frozen_below, bool) or not isinstance(frozen_below, (int, np.integer)) \
+                or not 0 <= frozen_below <= n:
+            raise ValueError(f"frozen_below={frozen_below!r}: expected an int in [0, n_layer={n}]")
+        if frozen_below == 0:
+            return
+        below = [("wte", self.wte), ("wpe", self.wpe)] + [(f"h.{i}", self.h[i]) for i in range(frozen_below)]
+        trains = [name for name, m in below if any(p.requires_grad for p in m.parameters())]
+        if trains:
+            raise ValueError(f"frozen_below={frozen_below}, but {trains} hold trainable parameters: "
+                             f"expected everything below block {frozen_below} frozen (or a smaller "
+                             f"frozen_below: npgpt.finetune.frozen_below(model))")
 
     # -- generation --------------------------------------------------------------------------
 
@@ -202,9 +199,13 @@ class GPT(Module):
     @classmethod
     def from_pretrained(cls, path, dtype: str = "float32") -> "GPT":
         """A GPT with the weights of a local Hugging Face GPT-2 folder (config.json +
-        model.safetensors); see npgpt.checkpoint.load_gpt2."""
-        from ..checkpoint import load_gpt2
-        return load_gpt2(path, dtype=dtype)
+        model.safetensors), in either layout one meets (see models/gpt2_hf.py). A missing file,
+        a config that is not GPT-2's, a missing or mis-shaped weight raise an error naming it."""
+        folder = read_gpt2(path)
+        model = cls(folder.config.replace(dtype=dtype))
+        shapes = {name: p.shape for name, p in model.named_parameters()}
+        model.load_state_dict(folder.weights_for(shapes))
+        return model
 
     def extra_repr(self):
         return f"{self.num_parameters():,} parameters"

@@ -52,8 +52,11 @@ def merge_qkv_heads(dq, dk, dv):
 class KVCache:
     """The keys and values of the positions seen so far, for one attention layer at inference.
 
-    With it, generating token t costs one query against t cached keys instead of recomputing
-    all t positions. `reorder(index)` follows the surviving hypotheses of a beam search.
+    Self-attention: each call appends the new positions' keys and values, so generating token t
+    costs one query against t cached keys instead of recomputing all t positions.
+    Cross-attention: the first call stores the memory's projected keys and values, the next
+    ones reuse them (the memory does not change while a sequence is decoded).
+    `reorder(index)` follows the surviving hypotheses of a beam search.
     """
 
     def __init__(self):
@@ -123,30 +126,40 @@ class MultiHeadAttention(Module):
     def forward(self, x, memory=None, key_pad=None, kv_cache: KVCache | None = None):
         """x: (B, T, C); memory: (B, S, C) for cross-attention; key_pad: (B, Tk) bool.
 
-        With kv_cache (inference only; nothing is kept for a backward), the new keys and values
-        are appended to it and the queries of x attend to every cached position.
+        With kv_cache (inference only; nothing is kept for a backward): self-attention appends
+        the new keys and values to it and the queries of x attend to every cached position;
+        cross-attention projects the memory into it at the first call and reuses it after.
         """
         check_array("x", x, dtype=self.dtype, ndim=3, last_dim=self.n_embd)
-        H = self.n_head
         if self.cross:
-            if memory is None:
-                raise ValueError("cross-attention needs memory, the encoder output (B, S, C)")
-            check_array("memory", memory, dtype=self.dtype, ndim=3, last_dim=self.n_embd)
-            if memory.shape[0] != x.shape[0]:
-                raise ValueError(f"memory has batch size {memory.shape[0]}: expected {x.shape[0]}, as x")
-            q = self.q_proj.forward(x)                               # (B, T, C)
-            k, v = np.split(self.kv_proj.forward(memory), 2, axis=-1)
-            q, k, v = split_heads(q, H), split_heads(k, H), split_heads(v, H)   # (B, H, T, D)
+            q, k, v = self._cross_qkv(x, memory, kv_cache)               # 3 x (B, H, T, D)
         else:
-            q, k, v = split_qkv_heads(self.c_attn.forward(x), H)     # (B, T, 3C) -> 3 x (B, H, T, D)
-        if kv_cache is not None:
-            k, v = kv_cache.append(k, v)
+            q, k, v = split_qkv_heads(self.c_attn.forward(x), self.n_head)   # (B, T, 3C) -> 3 x (B, H, T, D)
+            if kv_cache is not None:
+                k, v = kv_cache.append(k, v)
         p = self.dropout if self.training and kv_cache is None else 0.0
         out, attn_cache = kernels.get("attention_forward")(
             q, k, v, causal=self.causal, key_pad=key_pad, dropout_p=p, rng=self.rng)
         y = self.c_proj.forward(merge_heads(out))                    # (B, H, T, D) -> (B, T, C)
         self._cache = None if kv_cache is not None else attn_cache
         return y
+
+    def _cross_qkv(self, x, memory, kv_cache: KVCache | None):
+        """q from x; k, v from memory, or from kv_cache once it holds them."""
+        H = self.n_head
+        if memory is None:
+            raise ValueError("cross-attention needs memory, the encoder output (B, S, C)")
+        check_array("memory", memory, dtype=self.dtype, ndim=3, last_dim=self.n_embd)
+        if memory.shape[0] != x.shape[0]:
+            raise ValueError(f"memory has batch size {memory.shape[0]}: expected {x.shape[0]}, as x")
+        q = split_heads(self.q_proj.forward(x), H)                   # (B, T, C) -> (B, H, T, D)
+        if kv_cache is not None and kv_cache.length:
+            return q, kv_cache.k, kv_cache.v                         # the memory, projected before
+        k, v = np.split(self.kv_proj.forward(memory), 2, axis=-1)    # (B, S, 2C) -> 2 x (B, S, C)
+        k, v = split_heads(k, H), split_heads(v, H)                  # (B, H, S, D)
+        if kv_cache is not None:
+            kv_cache.append(k, v)
+        return q, k, v
 
     def backward(self, dout, need_dx=True):
         """Returns dx for self-attention, (dx, dmemory) for cross-attention."""

@@ -136,9 +136,16 @@ class DecoderLayer(Module):
         self.dropout2 = Dropout(dropout, r2)
         self.dropout3 = Dropout(dropout, r3)
 
-    def forward(self, x, memory, tgt_pad=None, src_pad=None, kv_cache=None):
+    def forward(self, x, memory, tgt_pad=None, src_pad=None, kv_cache=None, memory_cache=None):
+        """x: (B, T, d), memory: (B, S, d) -> (B, T, d).
+
+        Incremental decoding (inference only): kv_cache keeps the self-attention's keys and
+        values of the positions so far; memory_cache the cross-attention's projection of the
+        memory, computed at the first step and reused (both KVCaches).
+        """
         sa = lambda z: self.dropout1.forward(self.self_attn.forward(z, key_pad=tgt_pad, kv_cache=kv_cache))  # noqa: E731
-        ca = lambda z: self.dropout2.forward(self.cross_attn.forward(z, memory, key_pad=src_pad))  # noqa: E731
+        ca = lambda z: self.dropout2.forward(self.cross_attn.forward(z, memory, key_pad=src_pad,  # noqa: E731
+                                                                     kv_cache=memory_cache))
         ff = lambda z: self.dropout3.forward(self.ff.forward(z))  # noqa: E731
         if self.norm_first:
             h = x + sa(self.norm1.forward(x))

@@ -11,8 +11,11 @@ gradient of its input(s). Because gradients accumulate, one Parameter used in tw
 embedding and head) receives the sum of both contributions, which is the chain rule.
 
 The arrays of a Parameter are only ever updated in place (``p.data[...] = ...``, ``p.grad += ...``),
-never rebound by a layer: the optimizer may move every parameter into one flat buffer and hand
-back views of it (see `flatten_parameters`), and a layer must keep working on those views.
+never rebound by a layer or an optimizer. One explicit, named step moves them:
+`flatten_parameters(module)` puts a model's parameters into one flat buffer and makes each
+``p.data`` / ``p.grad`` a view of a slice of it, so that an optimizer updates the whole model in
+one pass. GPT and Transformer take that step at the end of their constructors, before anyone
+can hold an array; after it nothing moves again.
 """
 
 from __future__ import annotations
@@ -218,17 +221,25 @@ class ModuleList(Module):
         return iter(self._modules.values())
 
 
-def flatten_parameters(params: list[Parameter]) -> tuple[np.ndarray, np.ndarray]:
-    """Move the parameters' data and grads into two flat contiguous buffers, in order.
+def flatten_parameters(params) -> tuple[np.ndarray, np.ndarray]:
+    """Move parameters into one flat data buffer and one flat grad buffer, values kept.
 
-    Afterwards each ``p.data`` and ``p.grad`` is a view of a slice of the returned buffers, so a
-    whole-model update (AdamW, clipping, zeroing) is one pass over one array. All parameters
-    must share a dtype; a parameter listed twice is stored once.
-    Returns (data, grad), both 1-D.
+        data = [ p0.data.ravel() | p1.data.ravel() | ... ]      p.data == a view of its slice
+        grad = [ p0.grad.ravel() | p1.grad.ravel() | ... ]      p.grad == a view of its slice
+
+    params: a Module (its parameters, in named_parameters order) or Parameters (one listed
+    twice is stored once); all of one dtype. Returns (data, grad), both 1-D.
+
+    This rebinds p.data and p.grad: arrays taken from them before the call are copies
+    afterwards. Call it before anyone holds them, as GPT and Transformer do at the end of their
+    constructors. An optimizer finds such runs of neighbouring views and updates each in one
+    pass (npgpt.optim.flat).
     """
+    if isinstance(params, Module):
+        params = params.parameters()
     unique = list({id(p): p for p in params}.values())
     if not unique:
-        raise ValueError("flatten_parameters: params is empty")
+        raise ValueError("flatten_parameters: params is empty: expected at least one Parameter")
     dtypes = {p.dtype for p in unique}
     if len(dtypes) != 1:
         raise TypeError(f"flatten_parameters: params have dtypes {sorted(map(str, dtypes))}, "

@@ -88,7 +88,8 @@ def test_gpt2_initialisation_scales_the_residual_projections():
     for proj in (model.h[3].attn.c_proj, model.h[3].mlp.c_proj):
         assert abs(proj.weight.data.std() - expected) < 0.1 * expected
     assert (model.h[0].attn.c_attn.bias.data == 0).all()
-    assert not hasattr(model, "lm_head")                    # tied: one table
+    assert model.lm_head.weight is model.wte.weight          # tied: one table, listed once
+    assert "lm_head.weight" not in dict(model.named_parameters())
 
 
 def test_parameter_names_are_gpt2s():
@@ -173,3 +174,32 @@ def test_forward_rejects_bad_input():
         GPT(cfg, seed=0).backward()
     with pytest.raises(TypeError, match=r"config is a dict: expected a GPTConfig"):
         GPT({"n_layer": 2})
+
+
+def test_presets_have_one_name_each():
+    from npgpt.config import GPT_PRESETS
+    settings = [tuple(sorted(v.items())) for v in GPT_PRESETS.values()]
+    assert len(set(settings)) == len(settings)
+
+
+def test_backward_of_a_hidden_state_gradient_equals_numerical():
+    """backward(dh=...): the entry a classifier uses, the gradient of forward_hidden's output,
+    alone or with the head's (the hidden states feed both)."""
+    cfg = GPTConfig.preset("gradcheck")
+    model = GPT(cfg, seed=5)
+    idx, _ = batch(cfg, T=5)
+    rng = np.random.default_rng(6)
+    h = model.forward_hidden(idx)
+    dh = rng.standard_normal(h.shape)
+    dlogits = rng.standard_normal(h.shape[:2] + (cfg.vocab_size,))
+    W = model.h[0].attn.c_attn.weight
+    for with_head in (False, True):
+        model.forward(idx)
+        model.zero_grad()
+        model.backward(dlogits if with_head else None, dh=dh)
+        f = (lambda: np.concatenate([model.forward_hidden(idx).ravel(),          # noqa: E731
+                                     model.forward(idx)[0].ravel()])) if with_head else \
+            (lambda: model.forward_hidden(idx))
+        up = np.concatenate([dh.ravel(), dlogits.ravel()]) if with_head else dh
+        num = numerical_gradient(f, W.data, up)
+        assert rel_error(W.grad, num) < 1e-7, with_head

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from npgpt import Transformer, TransformerConfig
 from npgpt.gradcheck import TOLERANCES, numerical_gradient, rel_error, sample_index
-from npgpt.models.transformer import _CachedDecoder, _RecomputingDecoder, gnmt_length_penalty
+from npgpt.models.decoding import CachedDecoder, RecomputingDecoder, gnmt_length_penalty
 from tests.helpers import assert_close
 
 PAD, BOS, EOS = 0, 1, 2
@@ -321,31 +321,50 @@ def model_score(model, src, src_pad, hyp, alpha, max_len):
     return logp / gnmt_length_penalty(len(y), alpha)
 
 
-def test_kv_cached_decoding_equals_recomputing_the_decoder():
-    for norm_first in (False, True):
-        model = decode_model(20, norm_first=norm_first).eval()
-        src = sources(21)
-        src_pad = src == PAD
-        k, N = 3, 3 * len(src)                             # 3 beams per source
-        memory = np.repeat(model.encode(src, src_pad), k, axis=0)
-        pad = np.repeat(src_pad, k, axis=0)
-        cached, full = _CachedDecoder(model, memory, pad), _RecomputingDecoder(model, memory, pad)
-        rng = np.random.default_rng(22)
-        tokens = np.full(N, BOS)
-        for t in range(8):
-            a, b = cached.step(tokens), full.step(tokens)
-            assert_close(f"step {t} logits", a, b, 1e-12)
-            # beams move (and copy) within their source's group between steps
-            index = (np.arange(N) // k) * k + rng.integers(0, k, N)
-            cached.reorder(index)
-            full.reorder(index)
-            tokens = rng.integers(0, 9, N)
-        for beam_size in (1, 3):
-            hyp_a, s_a = model.translate(src, max_len=9, beam_size=beam_size, return_scores=True)
-            hyp_b, s_b = model.translate(src, max_len=9, beam_size=beam_size, use_cache=False,
-                                         return_scores=True)
-            assert hyp_a == hyp_b
-            assert_close("scores", s_a, s_b, 1e-12)
+@pytest.mark.parametrize("variant", [dict(norm_first=False), dict(norm_first=True, share_embeddings=True),
+                                     dict(n_decoder_layers=0)], ids=["post-LN", "pre-LN shared", "no decoder layers"])
+def test_kv_cached_decoding_equals_recomputing_the_decoder(variant):
+    """The cached decoder is the decoder's own forward, one position at a time: its logits, and
+    greedy's and beam search's hypotheses and scores, equal recomputing the whole prefix."""
+    model = decode_model(20, **variant).eval()
+    src = sources(21)
+    src_pad = src == PAD
+    k, N = 3, 3 * len(src)                             # 3 beams per source
+    memory = np.repeat(model.encode(src, src_pad), k, axis=0)
+    pad = np.repeat(src_pad, k, axis=0)
+    cached, full = CachedDecoder(model, memory, pad), RecomputingDecoder(model, memory, pad)
+    rng = np.random.default_rng(22)
+    tokens = np.full(N, BOS)
+    for t in range(8):
+        a, b = cached.step(tokens), full.step(tokens)
+        assert_close(f"step {t} logits", a, b, 1e-12)
+        # beams move (and copy) within their source's group between steps
+        index = (np.arange(N) // k) * k + rng.integers(0, k, N)
+        cached.reorder(index)
+        full.reorder(index)
+        tokens = rng.integers(0, 9, N)
+    for beam_size in (1, 3):
+        hyp_a, s_a = model.translate(src, max_len=9, beam_size=beam_size, return_scores=True)
+        hyp_b, s_b = model.translate(src, max_len=9, beam_size=beam_size, use_cache=False,
+                                     return_scores=True)
+        assert hyp_a == hyp_b
+        assert_close("scores", s_a, s_b, 1e-12)
+
+
+def test_the_cached_decoder_projects_the_memory_once_per_layer(monkeypatch):
+    model = decode_model(23).eval()
+    src = sources(24)
+    memory = model.encode(src, src == PAD)
+    calls = []
+    for i, layer in enumerate(model.decoder):
+        project = layer.cross_attn.kv_proj.forward
+        monkeypatch.setattr(layer.cross_attn.kv_proj, "forward",
+                            lambda m, project=project, i=i: calls.append(i) or project(m))
+    decoder = CachedDecoder(model, memory, src == PAD)
+    for _ in range(5):
+        decoder.step(np.full(len(src), BOS))
+    assert calls == [0, 1]                               # at the first step, then from the caches
+    assert all(c.length == 5 for c in decoder.kv_caches)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.6, 1.0])
