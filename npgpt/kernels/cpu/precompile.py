@@ -68,9 +68,10 @@ def _layernorm(a):
     layernorm_backward(y, cache)
     layernorm_backward(y, layernorm_forward(a, w)[1], need_dw=False)
     N, C = a.shape
-    y, mu, rstd, parts = np.empty_like(a), np.empty(N, a.dtype), np.empty(N, a.dtype), np.zeros((2, 1, C), a.dtype)
+    y, mu, rstd = np.empty_like(a), np.empty(N, a.dtype), np.empty(N, a.dtype)
+    dw_parts, db_parts = np.zeros((2, 1, C), a.dtype)                # one task's partial sums
     elementwise._layernorm_forward_tasks(a, w, w, True, 1e-5, y, mu, rstd, 1)
-    elementwise._layernorm_backward_tasks(a, a, w, mu, rstd, y, parts[0], parts[1], True, 1)
+    elementwise._layernorm_backward_tasks(a, a, w, mu, rstd, y, dw_parts, db_parts, True, 1)
 
 
 def _gelu_tanh(a):
