@@ -98,7 +98,7 @@ def _layernorm_backward_rows(dout, x, w, mu, rstd, dx, dw, db, need_dw, i0, i1):
         dx = rstd * (g - mean_C(g) - xhat * mean_C(g * xhat))
     Without fused multiply-adds: fma(dout, w, -mean_C(g)) would keep the rounding error of g
     that mean_C(g) has, and with C = 1 (or a constant row) dx would be that error times rstd
-    (~300) instead of exactly 0, as the reference's is."""
+    (~300) instead of exactly 0, as the NumPy form's is."""
     C = x.shape[1]
     dt = x.dtype.type
     # for each row i: the two means, then dx (and the row's share of dw, db)
@@ -204,7 +204,7 @@ def _gelu_tanh_backward_tasks(dout, x, t, dx, n_tasks):
 
 def gelu_tanh_forward(x):
     """npgpt.nn.activation.gelu_tanh_forward in one pass: (y, (x, t)), t = tanh(u) as the
-    reference keeps it. float32's tanh is the rational approximation of `_tanh` (error <= 3.9e-7,
+    NumPy form keeps it. float32's tanh is the rational approximation of `_tanh` (error <= 3.9e-7,
     where np.tanh's is 6e-8): vectorised, where Numba's math.tanh is a libm call per element.
     float64 uses libm's tanh, as the NumPy form does."""
     reference.check_float_array("x", x)

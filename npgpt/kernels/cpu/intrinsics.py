@@ -88,7 +88,7 @@ def _tanh(x):
 
 @overload(_tanh, jit_options={"fastmath": {"contract"}, "error_model": "numpy"})
 def _tanh_impl(x):
-    """float64: math.tanh (libm: the reference's np.tanh to an ulp, so float64 stays 1e-12 equal).
+    """float64: math.tanh (libm: the NumPy form's np.tanh to an ulp, so float64 stays 1e-12 equal).
 
     float32: Eigen's rational approximation (generic_fast_tanh_float), which vectorises:
         tanh(x) ~ x P(x^2) / Q(x^2),   P of degree 6, Q of degree 3 in x^2, x clamped to +-7.905

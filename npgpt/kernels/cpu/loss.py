@@ -62,7 +62,7 @@ def _cross_entropy_forward_tasks(x, targets, valid, eps, lse, loss, n_tasks):
 @njit(**_FE)
 def _cross_entropy_backward_rows(x, lse, targets, valid, eps, scale, dx, i0, i1):
     """Rows i0 .. i1-1: dx_i = (softmax(x_i) - q_i) * scale, q_i = (1 - eps) onehot(y_i) + eps / V,
-    computed in the reference's order: ((exp(x - lse) [- (1 - eps) at y_i]) - eps / V) * scale."""
+    computed in the NumPy form's order: ((exp(x - lse) [- (1 - eps) at y_i]) - eps / V) * scale."""
     V = x.shape[1]
     dt = x.dtype.type
     off = dt(eps / V)
