@@ -6,8 +6,9 @@
 For each T it times one forward plus one backward (float32, causal), median of several repeats,
 first call (compile) reported apart:
     numpy         kernels/reference.py: batched BLAS products, (T, T) probabilities kept
-    numba fused   cpu.py's FlashAttention kernel (forced), row log-sum-exp kept
-    numba blas    cpu.py's short-sequence path (forced): batched BLAS around a Numba softmax
+    numba fused   kernels/cpu/attention.py: FlashAttention (forced), row log-sum-exp kept
+    numba blas    kernels/cpu/attention.py: the short-sequence path (forced), batched BLAS around
+                  a Numba softmax
     numba         what cpu.attention_forward picks for the shape (ATTN_FUSED_FROM_TK)
     torch         torch.nn.functional.scaled_dot_product_attention(is_causal=True), backward by
                   autograd, torch.set_num_threads = Numba's thread count
@@ -38,6 +39,7 @@ import numpy as np
 from common import torch
 
 from npgpt.kernels import cpu, reference
+from npgpt.kernels.cpu import attention as cpu_attention
 
 B, H, D = 8, 8, 64
 IMPLS = ("numpy", "numba fused", "numba blas", "torch")
@@ -52,7 +54,8 @@ def make_step(impl: str, T: int, seed: int = 0):
             out, cache = reference.attention_forward(q, k, v, causal=True)
             return reference.attention_backward(dout, cache)
     elif impl in ("numba fused", "numba blas"):
-        forward = cpu._attention_forward_fused if impl == "numba fused" else cpu._attention_forward_blas
+        forward = (cpu_attention._attention_forward_fused if impl == "numba fused"
+                   else cpu_attention._attention_forward_blas)
         bias = reference.key_bias(None, B, T, np.float32)
 
         def step():
@@ -166,13 +169,13 @@ def main(argv=None) -> None:
     impls = [i for i in IMPLS if i != "torch" or torch is not None]
     rows = []
     for T in args.T:
-        row = {"T": T, "ATTN_FUSED_FROM_TK": cpu.ATTN_FUSED_FROM_TK}
+        row = {"T": T, "ATTN_FUSED_FROM_TK": cpu_attention.ATTN_FUSED_FROM_TK}
         for impl in impls:
             timing = common.time_call(make_step(impl, T), repeats=args.repeats, min_seconds=0.5)
             row[f"{impl} ms"] = timing["median"] * 1e3
             row[f"{impl} first ms"] = timing["first"] * 1e3
             row[f"{impl} n"] = timing["n"]
-        row["numba ms"] = row["numba fused ms"] if T >= cpu.ATTN_FUSED_FROM_TK else row["numba blas ms"]
+        row["numba ms"] = row["numba fused ms"] if T >= cpu_attention.ATTN_FUSED_FROM_TK else row["numba blas ms"]
         if torch is not None:
             row["numba / torch"] = row["numba ms"] / row["torch ms"]
             for impl in ("numpy", "numba fused", "torch"):
@@ -201,7 +204,7 @@ def main(argv=None) -> None:
 One forward plus one backward of causal self-attention, float32, B={B}, H={H}, D={D}; median of
 at least {args.repeats} calls after a first (compile) call. "numba" is what
 `cpu.attention_forward` picks: the short-sequence path (batched BLAS around a Numba softmax)
-below T = {cpu.ATTN_FUSED_FROM_TK} keys, the fused FlashAttention kernel from there on. Peak RSS:
+below T = {cpu_attention.ATTN_FUSED_FROM_TK} keys, the fused FlashAttention kernel from there on. Peak RSS:
 resident memory sampled every 0.5 ms during one call, minus before, in a fresh subprocess;
 tracemalloc: Python-level allocations only (blind to Numba's in-kernel arrays and to torch).
 "1-thread CPU ms": CPU time of one call with BLAS, Numba and torch each on one thread, which

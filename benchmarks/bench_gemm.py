@@ -7,8 +7,9 @@ Shapes (M, K) @ (K, N): squares 256 ... 2048, then the matmuls of one training s
 "baby" GPT (B*T = 768 rows, C = 128, 4C = 512, V = 65) and of GPT-2 124M (B*T = 256 rows,
 C = 768, 3C = 2304, 4C = 3072, V = 50257). GFLOP/s = 2 M N K / median seconds; the first call
 (Numba's compile or cache load) is reported apart. torch runs with torch.set_num_threads equal
-to Numba's thread count. The "numba / blas" column is what decides cpu.matmul's path
-(cpu._gemm_wins). Writes results/gemm.md, gemm.json and gemm.png.
+to Numba's thread count. The "numba / blas" column is why cpu.matmul takes BLAS (the study
+GEMM, kernels/cpu/gemm.py, is slower on every shape measured). Writes results/gemm.md, gemm.json
+and gemm.png.
 """
 
 from __future__ import annotations
@@ -123,8 +124,8 @@ def main(argv=None) -> None:
 first call ("numba first ms": the first call of that shape, after `cpu.warmup` compiled or
 loaded the kernels). "numba" is `npgpt.kernels.cpu.gemm` (the 4 x 4 register tile over
 packed B^T, cache-blocked; it includes packing b transposed); "blas" is numpy's `a @ b`; torch is
-`torch.from_numpy(a) @ torch.from_numpy(b)`. `cpu.matmul` takes "numba" only where it wins
-here (`cpu._gemm_wins`). "1-thread" columns: GFLOP/s from the CPU time of one call with BLAS,
+`torch.from_numpy(a) @ torch.from_numpy(b)`. `cpu.matmul` takes BLAS: "numba / blas" is below 1
+on every shape measured. "1-thread" columns: GFLOP/s from the CPU time of one call with BLAS,
 Numba and torch each on one thread, which other processes on the shared machine cannot inflate
 (wall-clock GFLOP/s can: the load average is recorded below).
 """

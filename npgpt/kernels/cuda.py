@@ -28,6 +28,11 @@ runs every thread of a kernel as a Python thread on the CPU: the same code, corr
 slow. Under the simulator the tile and block sizes below are small, so that a test's blocks hold
 a few threads; the tests also run the device sizes on tiny shapes. check_available() says which
 of the two is missing when neither works.
+
+Why one file: the backend is three subjects' worth of kernels (a GEMM, attention forward and
+backward) that share one set of launch sizes, one simulator switch and one way of staging rows
+in shared memory; read top to bottom, it is one lesson in GPU layout, and the attention kernels
+sit in one factory because they share its device functions and compile-time sizes.
 """
 
 from __future__ import annotations
@@ -193,6 +198,9 @@ def _staged_rows(bc: int, D: int, itemsize: int) -> int:
     return min(bc, fit)
 
 
+# CUDA needs shared and local array sizes at compile time: the three attention kernels close
+# over (br, bc, D, dtype), and share their device functions (dot, stage, visible) inside it.
+# kernel factory: one closure per compile-time shape, its kernels and their helpers together
 @functools.lru_cache(maxsize=None)
 def _attention_kernels(br: int, bc: int, D: int, dtype: np.dtype):
     """The three attention kernels for one block shape, head size D and dtype: (forward, dq, dkdv).

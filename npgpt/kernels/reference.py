@@ -1,7 +1,12 @@
 """The NumPy reference kernels: the readable definition of every hot operation.
 
-Every other backend (kernels/cpu.py, kernels/cuda.py) exposes these functions with these
+Every other backend (kernels/cpu/, kernels/cuda.py) exposes these functions with these
 signatures and is tested equal to them. Nothing here is clever: each line is the formula.
+
+Here too, once for every backend, the cache types (what a forward hands its backward) and the
+argument checks a kernel and its NumPy twin run before any work, so that both raise the same
+errors. The twins of the fused kernels (LayerNorm, GELU, cross-entropy, the embedding's
+scatter-add) are the pure functions of npgpt/nn, which import their cache types from here.
 
 Shapes: q (B, H, Tq, D); k, v (B, H, Tk, D); key_pad (B, Tk) bool, True where a key is padding.
 """
@@ -21,7 +26,7 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
     With a 2-D b the leading axes of a are flattened first, (B, T, K) -> (B*T, K): one product
     instead of one per (T, K) slice, which is what np.matmul would do, repacking b for each
-    (measured: (4, 64, 768) @ (768, 50257) 250 ms as 4 products, 205 ms as one, on one core).
+    (for GPT-2's head, a fifth of the time saved: benchmarks/results/threads.md).
     """
     check_matmul_args(a, b)
     if b.ndim == 2 and a.ndim > 2:
@@ -95,7 +100,8 @@ def attention_mask(Tq: int, Tk: int, causal: bool, key_pad: np.ndarray | None):
 
 def key_bias(key_pad: np.ndarray | None, B: int, Tk: int, dtype) -> np.ndarray:
     """(B, Tk): 0 where a key is visible, -inf where key_pad hides it: the padding part of the
-    mask as a bias added to the scores, the form the fused kernels (cpu.py, cuda.py) take."""
+    mask as a bias added to the scores, the form the fused kernels take (cpu/attention.py,
+    cuda.py)."""
     bias = np.zeros((B, Tk), dtype=dtype)
     if key_pad is not None:
         bias[key_pad] = -np.inf
@@ -136,8 +142,9 @@ class AttentionCache(NamedTuple):
 
 
 class FlashAttentionCache(NamedTuple):
-    """The cache of the fused attention kernels (cpu.py, cuda.py): the inputs, the output and one
-    number per query row, the log-sum-exp, from which the backward recomputes the probabilities."""
+    """The cache of the fused attention kernels (cpu/attention.py, cuda.py): the inputs, the
+    output and one number per query row, the log-sum-exp, from which the backward recomputes
+    the probabilities."""
     q: np.ndarray          # (B, H, Tq, D) C-contiguous
     k: np.ndarray          # (B, H, Tk, D)
     v: np.ndarray          # (B, H, Tk, D)
@@ -145,6 +152,16 @@ class FlashAttentionCache(NamedTuple):
     lse: np.ndarray        # (B, H, Tq) log sum_j exp(s_ij) over visible keys; -inf for a row with none
     key_bias: np.ndarray   # (B, Tk) 0 for a visible key, -inf for a padded one (key_bias())
     causal: bool
+    scale: float           # 1 / sqrt(D)
+
+
+class SoftmaxAttentionCache(NamedTuple):
+    """The cache of the Numba backend's short-sequence attention (batched BLAS around a softmax,
+    kernels/cpu/attention.py): it keeps the (Tq, Tk) probabilities, as the reference does."""
+    q: np.ndarray          # (B, H, Tq, D)
+    k: np.ndarray          # (B, H, Tk, D)
+    v: np.ndarray          # (B, H, Tk, D)
+    att: np.ndarray        # (B, H, Tq, Tk) softmax probabilities (0 where hidden)
     scale: float           # 1 / sqrt(D)
 
 
@@ -203,3 +220,90 @@ def attention_backward(dout, cache: AttentionCache):
     dq = ds @ k                                                      # (B, H, Tq, D)
     dk = ds.transpose(0, 1, 3, 2) @ q                                # (B, H, Tk, D)
     return dq, dk, dv
+
+
+# ---------------------------------------------------------------------------------------------
+# The fused kernels and their NumPy twins (npgpt/nn): one cache type and one check for both
+# ---------------------------------------------------------------------------------------------
+
+class LayerNormCache(NamedTuple):
+    """What npgpt.nn.norm.layernorm_forward, and every backend's fused twin, hands its backward."""
+    x: np.ndarray
+    w: np.ndarray
+    mu: np.ndarray      # (..., 1) mean of each row
+    rstd: np.ndarray    # (..., 1) 1 / sqrt(var + eps)
+    has_bias: bool
+
+
+class CrossEntropyCache(NamedTuple):
+    """What npgpt.nn.loss.cross_entropy_forward, and every backend's fused twin, hands its backward."""
+    logits: np.ndarray     # (N, V), the rows of the input
+    lse: np.ndarray        # (N, 1) log-sum-exp of each row: log p = logits - lse
+    targets: np.ndarray    # (N,) int64
+    valid: np.ndarray      # (N,) bool, False where targets == ignore_index
+    n_valid: int
+    label_smoothing: float
+    shape: tuple           # the shape of the logits as given, (..., V)
+
+
+def check_float_array(name: str, x) -> None:
+    """x must be a float32 or float64 array of at least one dimension."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} is a {type(x).__name__}: expected a numpy array")
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} has dtype {x.dtype} and shape {x.shape}: expected a float32 or "
+                        f"float64 array")
+    if x.ndim == 0:
+        raise ValueError(f"{name} has shape (): expected at least one dimension")
+
+
+def check_like(name: str, a, shape, dtype, what: str) -> None:
+    """a must be an array of exactly this shape and dtype (`what` says why, for the message)."""
+    if not isinstance(a, np.ndarray) or a.shape != tuple(shape) or a.dtype != dtype:
+        raise ValueError(f"{name} has shape {getattr(a, 'shape', None)} and dtype "
+                         f"{getattr(a, 'dtype', None)}: expected {tuple(shape)} {np.dtype(dtype)}, {what}")
+
+
+def check_layernorm_args(x, w, b) -> None:
+    """x: (..., C) float; w: (C,) and b: (C,) or None, of x's dtype."""
+    check_float_array("x", x)
+    check_like("w", w, x.shape[-1:], x.dtype, "the LayerNorm weight")
+    if b is not None:
+        check_like("b", b, x.shape[-1:], x.dtype, "the LayerNorm bias")
+
+
+def check_cross_entropy_args(logits, targets, ignore_index: int, label_smoothing: float):
+    """logits: (..., V) float; targets: (...) integers in [0, V) or ignore_index; 0 <= eps < 1.
+
+    Returns the logits as rows (N, V) and the targets as (N,) int64.
+    """
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing={label_smoothing!r}, expected a number in [0, 1)")
+    check_float_array("logits", logits)
+    V = logits.shape[-1]
+    if not isinstance(targets, np.ndarray) or not np.issubdtype(targets.dtype, np.integer):
+        raise TypeError(f"targets has dtype {getattr(targets, 'dtype', type(targets).__name__)}: "
+                        f"expected an integer array of class ids")
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(f"targets has shape {targets.shape}: expected {logits.shape[:-1]}, the "
+                         f"logits' shape without V")
+    real = targets[targets != ignore_index]
+    if real.size and (real.min() < 0 or real.max() >= V):
+        bad = int(real.min()) if real.min() < 0 else int(real.max())
+        raise ValueError(f"targets contains {bad}: expected ids in [0, {V}) or ignore_index={ignore_index}")
+    return logits.reshape(-1, V), targets.astype(np.int64, copy=False).reshape(-1)
+
+
+def check_embedding_backward_args(dout, idx, V: int, dw_out) -> None:
+    """dout: (..., C) float, one row per token id of idx; the ids in [0, V); dw_out: None or a
+    C-contiguous (V, C) array of dout's dtype."""
+    check_float_array("dout", dout)
+    if dout.shape[:-1] != np.shape(idx):
+        raise ValueError(f"dout has shape {dout.shape}: expected one row per token id "
+                         f"({np.shape(idx)} ids)")
+    if dw_out is not None:
+        check_like("dw_out", dw_out, (V, dout.shape[-1]), dout.dtype, "the embedding table's gradient")
+        if not dw_out.flags.c_contiguous:
+            raise ValueError("dw_out is not C-contiguous: expected the table's .grad (or a fresh array)")
+    if np.size(idx) and (np.min(idx) < 0 or np.max(idx) >= V):
+        raise ValueError(f"token ids out of range [0, {V}): min {np.min(idx)}, max {np.max(idx)}")

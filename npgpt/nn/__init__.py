@@ -1,4 +1,30 @@
-"""The layers: each as a pure forward/backward pair and as a Module (see DESIGN.md)."""
+"""The layers: each as a pure forward/backward pair and as a Module.
+
+The conventions every layer here follows:
+
+    names      x_forward / x_backward: the pure functions, NumPy only, the math on the page
+               (they may call the registry's primitives matmul, attention, erf, whose readable
+               definition is kernels/reference.py). X, in CamelCase: the Module, which owns
+               the Parameters, keeps the cache, and chooses a backend's fused kernel, in one
+               line per call: `forward = kernels.fused("x_forward") or x_forward`.
+    arguments  the arrays first, in the order of the formula (x, w, b), then the options
+               (eps, need_dw, dw_out, rng, train).
+    forward    returns (out, cache). The cache holds what the backward needs and is never
+               written to afterwards; with more than three fields it is a NamedTuple, and a
+               cache a fused kernel shares is defined once, in kernels/reference.py.
+    backward   x_backward(dout, cache, ...) returns one gradient per array input of the
+               forward, in the forward's argument order (the array itself when there is one),
+               None for one it skipped (need_dw=False, no bias). Integer inputs (token ids,
+               targets) get none.
+    dw_out     "add the weight's gradient into this array and return it": the Module passes
+               its Parameter's .grad, so no weight-sized temporary is made.
+    Module     forward(...) -> out; backward(dout) adds (+=) into each Parameter's .grad and
+               returns the gradient of its input(s).
+    shapes     activations (B, T, C), attention heads (B, H, T, D), weights (in, out) so that
+               y = x @ W + b; a function documented on (..., C) takes any leading axes.
+    dtypes     float32 or float64, one per layer, that of its Parameters: an input of another
+               dtype is an error, never a silent upcast. Token ids are integers (int64 inside).
+"""
 
 from .activation import (GELU, Activation, ReLU, Softmax, activation_functions, gelu_backward,
                          gelu_forward, gelu_tanh_backward, gelu_tanh_forward, relu_backward,

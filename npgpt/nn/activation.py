@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from .. import kernels
+from ..kernels.reference import check_float_array, check_like
 from .module import Module
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -20,9 +21,7 @@ def gelu_tanh_forward(x):
 
     cache: (x, tanh(u)): the tanh is the costly part, so it is kept.
     """
-    fused = kernels.fused("gelu_tanh_forward")
-    if fused is not None:
-        return fused(x)
+    check_float_array("x", x)
     c = x.dtype.type
     t = np.tanh(c(SQRT_2_OVER_PI) * (x + c(GELU_TANH_C) * x * x * x))
     y = c(0.5) * x * (c(1) + t)
@@ -34,10 +33,8 @@ def gelu_tanh_backward(dout, cache):
 
         dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2),   t = tanh(u)
     """
-    fused = kernels.fused("gelu_tanh_backward")
-    if fused is not None:
-        return fused(dout, cache)
     x, t = cache
+    check_like("dout", dout, x.shape, x.dtype, "the shape of the GELU's input")
     c = x.dtype.type
     du = c(SQRT_2_OVER_PI) * (c(1) + c(3 * GELU_TANH_C) * x * x)
     return dout * (c(0.5) * (c(1) + t) + c(0.5) * x * (c(1) - t * t) * du)
@@ -105,41 +102,60 @@ ACTIVATIONS = {
 
 
 def activation_functions(name: str):
-    """(forward, backward) for "gelu_tanh" | "gelu" | "relu"."""
+    """(forward, backward) for "gelu_tanh" | "gelu" | "relu": the NumPy functions above."""
     if name not in ACTIVATIONS:
         raise ValueError(f"activation={name!r} is unknown: expected one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]
 
 
 class Activation(Module):
-    """An element-wise non-linearity by name; no parameters."""
+    """An element-wise non-linearity by name ("gelu_tanh" | "gelu" | "relu"); no parameters.
+
+    forward and backward run the backend's fused kernel for the name where it has one (Numba:
+    "gelu_tanh_forward", one pass with a vectorised tanh), else the NumPy functions above.
+    """
 
     def __init__(self, name: str):
         super().__init__()
-        self.name = name
         self._forward, self._backward = activation_functions(name)
+        self.name = name
         self._cache = None
 
     def forward(self, x):
-        y, self._cache = self._forward(x)
+        forward = kernels.fused(f"{self.name}_forward") or self._forward
+        y, self._cache = forward(x)
         return y
 
     def backward(self, dout):
-        return self._backward(dout, self._cache)
+        backward = kernels.fused(f"{self.name}_backward") or self._backward
+        return backward(dout, self._cache)
 
     def extra_repr(self):
         return repr(self.name)
 
 
-def GELU(approximate: str = "none") -> Activation:
-    """torch's spelling: GELU() is the exact erf form, GELU("tanh") the approximation."""
-    if approximate not in ("none", "tanh"):
-        raise ValueError(f"approximate={approximate!r}: expected 'none' or 'tanh'")
-    return Activation("gelu_tanh" if approximate == "tanh" else "gelu")
+class GELU(Activation):
+    """GELU with torch's spelling: GELU() is the exact erf form, GELU(approximate="tanh") the
+    tanh approximation (GPT-2's)."""
+
+    def __init__(self, approximate: str = "none"):
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"approximate={approximate!r}: expected 'none' or 'tanh'")
+        super().__init__("gelu_tanh" if approximate == "tanh" else "gelu")
+        self.approximate = approximate
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
 
 
-def ReLU() -> Activation:
-    return Activation("relu")
+class ReLU(Activation):
+    """ReLU: y = max(x, 0)."""
+
+    def __init__(self):
+        super().__init__("relu")
+
+    def extra_repr(self):
+        return ""
 
 
 class Softmax(Module):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
+from ..kernels.reference import check_embedding_backward_args
 from .module import Module, Parameter, as_dtype
 from .validate import check_ids
 
@@ -20,24 +21,22 @@ def embedding_forward(idx, w):
     return w[idx], (idx, w.shape[0])
 
 
-def embedding_backward(dout, cache, out=None):
+def embedding_backward(dout, cache, dw_out=None):
     """Gradient of embedding_forward with respect to the table.
 
         forward: y[b, t] = W[idx[b, t]]   ->   dW[v] = sum over (b, t) with idx[b, t] == v of dy[b, t]
 
     A token id that appears twice receives both gradients (a scatter-add, not an assignment).
     Returns dW: (V, C). The ids are integers: they have no gradient.
-    out: a (V, C) array to add the gradient into, returned (the Module passes its .grad). Only
-    the rows of the ids seen are touched, where a new dW would be a (V, C) array of zeros, most
-    of it never written, then added whole (GPT-2: 154 MB, ~140 ms per step; this: ~2 ms).
+    dw_out: a (V, C) array to add dW into, returned (the Module passes its .grad). Only the
+    rows of the ids seen are touched, where a new dW would be a (V, C) array of zeros, most of
+    it never written, then added whole (for GPT-2's table, 154 MB per step).
     """
-    fused = kernels.fused("embedding_backward")
-    if fused is not None:
-        return fused(dout, cache, out)
     idx, V = cache
+    check_embedding_backward_args(dout, idx, V, dw_out)
     C = dout.shape[-1]
-    dw = np.zeros((V, C), dtype=dout.dtype) if out is None else out
-    np.add.at(dw, idx.ravel(), dout.reshape(-1, C))
+    dw = np.zeros((V, C), dtype=dout.dtype) if dw_out is None else dw_out
+    np.add.at(dw, idx.ravel(), dout.reshape(-1, C))                    # dW[idx[i]] += dout[i]
     return dw
 
 
@@ -61,7 +60,9 @@ def sinusoidal_encoding(T: int, d: int, offset: int = 0, dtype="float32") -> np.
 class Embedding(Module):
     """A table of `num_embeddings` vectors of width `embedding_dim`, drawn from N(0, std^2).
 
-    Token ids are checked (integer dtype, in [0, num_embeddings)) before the lookup.
+    Token ids are checked (integer dtype, in [0, num_embeddings)) before the lookup. The
+    backward runs the backend's fused scatter-add where it has one (Numba: a loop over the
+    rows, where np.add.at is slow), else embedding_backward above.
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, *, dtype="float32",
@@ -81,7 +82,8 @@ class Embedding(Module):
     def backward(self, dout):
         """Adds the table's gradient; returns None (token ids have no gradient)."""
         if self.weight.requires_grad:
-            embedding_backward(dout, self._cache, out=self.weight.grad)     # adds into .grad
+            backward = kernels.fused("embedding_backward") or embedding_backward
+            backward(dout, self._cache, dw_out=self.weight.grad)              # adds into .grad
         return None
 
     def extra_repr(self):

@@ -2,38 +2,11 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 
 from .. import kernels
+from ..kernels.reference import CrossEntropyCache, check_cross_entropy_args
 from .module import Module
-from .validate import check_array
-
-
-class CrossEntropyCache(NamedTuple):
-    logits: np.ndarray     # (N, V), the rows of the input
-    lse: np.ndarray        # (N, 1) log-sum-exp of each row: log p = logits - lse
-    targets: np.ndarray    # (N,) int64
-    valid: np.ndarray      # (N,) bool, False where targets == ignore_index
-    n_valid: int
-    label_smoothing: float
-    shape: tuple           # the shape of the logits as given, (..., V)
-
-
-def check_targets(targets, shape, vocab_size: int, ignore_index: int) -> np.ndarray:
-    """targets must be integers of shape `shape` with values in [0, V) or equal to ignore_index."""
-    if not isinstance(targets, np.ndarray) or not np.issubdtype(targets.dtype, np.integer):
-        raise TypeError(f"targets has dtype {getattr(targets, 'dtype', type(targets).__name__)}: "
-                        f"expected an integer array of class ids")
-    if targets.shape != tuple(shape):
-        raise ValueError(f"targets has shape {targets.shape}: expected {tuple(shape)}, the logits' shape without V")
-    real = targets[targets != ignore_index]
-    if real.size and (real.min() < 0 or real.max() >= vocab_size):
-        bad = int(real.min()) if real.min() < 0 else int(real.max())
-        raise ValueError(f"targets contains {bad}: expected ids in [0, {vocab_size}) "
-                         f"or ignore_index={ignore_index}")
-    return targets.astype(np.int64, copy=False)
 
 
 def cross_entropy_forward(logits, targets, ignore_index: int = -100, label_smoothing: float = 0.0):
@@ -49,17 +22,7 @@ def cross_entropy_forward(logits, targets, ignore_index: int = -100, label_smoot
     cache: CrossEntropyCache. The mean over rows belongs to this loss, and so does the 1/count
     in its backward: the chain rule starts here.
     """
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing={label_smoothing!r}, expected a number in [0, 1)")
-    check_array("logits", logits)
-    if logits.dtype not in (np.float32, np.float64):
-        raise TypeError(f"logits has dtype {logits.dtype}: expected float32 or float64")
-    V = logits.shape[-1]
-    targets = check_targets(targets, logits.shape[:-1], V, ignore_index).reshape(-1)
-    x = logits.reshape(-1, V)
-    fused = kernels.fused("cross_entropy_forward")
-    if fused is not None:
-        return fused(x, targets, ignore_index, label_smoothing, logits.shape)
+    x, targets = check_cross_entropy_args(logits, targets, ignore_index, label_smoothing)  # (N, V), (N,)
     valid = targets != ignore_index
     n_valid = int(valid.sum())
     m = x.max(axis=1, keepdims=True)
@@ -81,9 +44,6 @@ def cross_entropy_backward(dloss, cache: CrossEntropyCache):
 
     (softmax minus the target distribution: the softmax's and the log's derivatives cancel.)
     """
-    fused = kernels.fused("cross_entropy_backward")
-    if fused is not None:
-        return fused(dloss, cache)
     x, lse, targets, valid, n_valid, eps, shape = cache
     N, V = x.shape
     if n_valid == 0:
@@ -99,7 +59,11 @@ def cross_entropy_backward(dloss, cache: CrossEntropyCache):
 
 
 class CrossEntropyLoss(Module):
-    """The Module form of the loss: forward(logits, targets) -> loss; backward(dloss=1.0) -> dlogits."""
+    """The Module form of the loss: forward(logits, targets) -> loss; backward(dloss=1.0) -> dlogits.
+
+    Both directions run the backend's fused kernel where it has one (Numba: one pass over the
+    logits), else the NumPy functions above; both give the same numbers (tests/kernels).
+    """
 
     def __init__(self, ignore_index: int = -100, label_smoothing: float = 0.0):
         super().__init__()
@@ -109,8 +73,10 @@ class CrossEntropyLoss(Module):
         self._cache = None
 
     def forward(self, logits, targets) -> float:
-        loss, self._cache = cross_entropy_forward(logits, targets, self.ignore_index, self.label_smoothing)
+        forward = kernels.fused("cross_entropy_forward") or cross_entropy_forward
+        loss, self._cache = forward(logits, targets, self.ignore_index, self.label_smoothing)
         return loss
 
     def backward(self, dloss: float = 1.0):
-        return cross_entropy_backward(dloss, self._cache)
+        backward = kernels.fused("cross_entropy_backward") or cross_entropy_backward
+        return backward(dloss, self._cache)

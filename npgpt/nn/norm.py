@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 
 from .. import kernels
+from ..kernels.reference import LayerNormCache, check_layernorm_args, check_like
 from .module import Module, Parameter, as_dtype
 from .validate import check_array
-
-
-class LayerNormCache(NamedTuple):
-    x: np.ndarray
-    w: np.ndarray
-    mu: np.ndarray      # (..., 1) mean of each row
-    rstd: np.ndarray    # (..., 1) 1 / sqrt(var + eps)
-    has_bias: bool
 
 
 def layernorm_forward(x, w, b=None, eps=1e-5):
@@ -28,9 +19,7 @@ def layernorm_forward(x, w, b=None, eps=1e-5):
     function as torch.nn.LayerNorm. x: (..., C)   w, b: (C,) (b may be None)   ->   y: (..., C)
     cache: LayerNormCache(x, w, mu, rstd, has_bias); xhat is recomputed in the backward.
     """
-    fused = kernels.fused("layernorm_forward")
-    if fused is not None:
-        return fused(x, w, b, eps)
+    check_layernorm_args(x, w, b)
     mu = x.mean(axis=-1, keepdims=True)
     xc = x - mu
     var = np.mean(xc * xc, axis=-1, keepdims=True)
@@ -51,10 +40,8 @@ def layernorm_backward(dout, cache: LayerNormCache, need_dw: bool = True):
     The two means are the gradient flowing through mu and through rstd (both depend on every
     element of the row); they are why a random dout is needed to check this layer.
     """
-    fused = kernels.fused("layernorm_backward")
-    if fused is not None:
-        return fused(dout, cache, need_dw)
     x, w, mu, rstd, has_bias = cache
+    check_like("dout", dout, x.shape, x.dtype, "the shape of the LayerNorm's input")
     xhat = (x - mu) * rstd
     g = dout * w
     dx = rstd * (g - g.mean(axis=-1, keepdims=True)
@@ -68,7 +55,11 @@ def layernorm_backward(dout, cache: LayerNormCache, need_dw: bool = True):
 
 
 class LayerNorm(Module):
-    """LayerNorm over the last axis of width `n`: weight ones, bias zeros (or no bias)."""
+    """LayerNorm over the last axis of width `n`: weight ones, bias zeros (or no bias).
+
+    forward and backward run the backend's fused kernel where it has one (Numba: one pass per
+    row), else the NumPy functions above; both give the same numbers (tests/kernels).
+    """
 
     def __init__(self, n: int, eps: float = 1e-5, bias: bool = True, *, dtype="float32"):
         super().__init__()
@@ -81,12 +72,14 @@ class LayerNorm(Module):
     def forward(self, x):
         check_array("x", x, dtype=self.weight.dtype, last_dim=self.n)
         b = self.bias.data if self.bias is not None else None
-        y, self._cache = layernorm_forward(x, self.weight.data, b, self.eps)
+        forward = kernels.fused("layernorm_forward") or layernorm_forward
+        y, self._cache = forward(x, self.weight.data, b, self.eps)
         return y
 
     def backward(self, dout):
         trainable = self.weight.requires_grad or (self.bias is not None and self.bias.requires_grad)
-        dx, dw, db = layernorm_backward(dout, self._cache, need_dw=trainable)
+        backward = kernels.fused("layernorm_backward") or layernorm_backward
+        dx, dw, db = backward(dout, self._cache, need_dw=trainable)
         if self.weight.requires_grad:
             self.weight.grad += dw
         if db is not None and self.bias.requires_grad:

@@ -1,4 +1,4 @@
-"""The backend registry: switching, restoring, falling back, and clear errors."""
+"""The backend registry: switching, restoring, falling back, resolving lazily, and clear errors."""
 
 import os
 import subprocess
@@ -35,11 +35,39 @@ def test_unknown_kernel_is_an_error():
         kernels.get("conv2d")
 
 
-def test_environment_variable_selects_the_backend_and_rejects_unknown_names():
-    code = "import npgpt; print(npgpt.kernels.current_backend())"
-    env = {**os.environ, "NPGPT_BACKEND": "numpy"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+def _run(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True,
+                          text=True)
+
+
+def test_environment_variable_selects_the_backend():
+    out = _run("import npgpt; print(npgpt.kernels.current_backend())", NPGPT_BACKEND="numpy")
     assert out.stdout.strip() == "numpy"
-    env["NPGPT_BACKEND"] = "tpu"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.returncode != 0 and "backend='tpu' is unknown" in out.stderr
+
+
+@pytest.mark.parametrize("value, error, message", [
+    ("tpu", "ValueError", "NPGPT_BACKEND='tpu' is unknown: expected one of ['cuda', 'numba', 'numpy']"),
+    ("Numba", "ValueError", "NPGPT_BACKEND='Numba' is unknown (names are lower case: 'numba')"),
+])
+def test_a_bad_environment_variable_is_one_clear_error_on_first_use_not_at_import(value, error, message):
+    code = ("import npgpt\nprint('imported', flush=True)\n"
+            "try:\n    npgpt.kernels.get('matmul')\n"
+            "except Exception as e:\n    print(type(e).__name__, e)")
+    out = _run(code, NPGPT_BACKEND=value)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("imported") and f"{error}: " not in out.stderr
+    assert f"{error} {message}" in out.stdout
+
+
+def test_an_unavailable_backend_in_the_environment_says_why():
+    code = ("import npgpt\ntry:\n    npgpt.kernels.current_backend()\n"
+            "except RuntimeError as e:\n    print(e)")
+    out = _run(code, NPGPT_BACKEND="cuda", NUMBA_ENABLE_CUDASIM="0", NUMBA_CUDA_DRIVER="/nonexistent/libcuda.so")
+    assert "NPGPT_BACKEND='cuda' is not available on this machine: " in out.stdout, out.stderr
+    assert "NUMBA_CUDA_DRIVER" in out.stdout and "Expected one of ['numpy'" in out.stdout   # why, and the choices
+
+
+def test_use_backend_before_first_use_wins_over_a_bad_environment_variable():
+    out = _run("import npgpt\nnpgpt.kernels.use_backend('numpy')\nprint(npgpt.kernels.current_backend())",
+               NPGPT_BACKEND="tpu")
+    assert out.stdout.strip() == "numpy", out.stderr

@@ -115,3 +115,15 @@ def test_frozen_weights_get_no_gradient_work():
     lin.forward(x)
     dx = lin.backward(np.ones((4, 2)))
     assert (lin.weight.grad == 0).all() and (lin.bias.grad == 4).all() and dx.shape == (4, 3)
+
+
+def test_gelu_and_relu_are_activation_classes_with_torchs_spelling():
+    assert isinstance(nn.GELU(), nn.Activation) and isinstance(nn.ReLU(), nn.Activation)
+    assert nn.GELU().name == "gelu" and nn.GELU(approximate="tanh").name == "gelu_tanh"
+    assert nn.GELU("tanh").approximate == "tanh" and nn.ReLU().name == "relu"
+    assert repr(nn.GELU(approximate="tanh")) == "GELU(approximate='tanh')" and repr(nn.ReLU()) == "ReLU()"
+    x = np.linspace(-3, 3, 13)
+    np.testing.assert_allclose(nn.GELU("tanh").forward(x), nn.gelu_tanh_forward(x)[0], rtol=1e-12)
+    np.testing.assert_array_equal(nn.ReLU().forward(x), np.maximum(x, 0))
+    with pytest.raises(ValueError, match=r"approximate='fast': expected 'none' or 'tanh'"):
+        nn.GELU("fast")

@@ -1,0 +1,132 @@
+"""Fused softmax cross-entropy: the loss and its gradient, one pass over the logits each.
+
+The twin of npgpt.nn.loss.cross_entropy_forward/backward, with their signatures, their cache
+type (reference.CrossEntropyCache) and their argument checks, tested equal to them
+(tests/kernels/test_fused_kernels.py). CrossEntropyLoss chooses it with
+`kernels.fused(name) or <the NumPy function>`.
+
+Why faster: the NumPy form makes three (N, V) temporaries (x - m, its exponential, the
+smoothing term's mean) and walks the logits once per operation. Here a row (200 KiB at GPT-2's
+V = 50257) is read from memory once, by a vectorised max (`_maxnum`), and stays in L2 for the
+sum of exponentials (`_exp_nonpos`); the backward writes the gradient straight into its own
+array. From PARALLEL_FROM logits on, tasks of rows run on all cores (tasks.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .. import reference
+from ..reference import CrossEntropyCache
+from .intrinsics import _FE, _exp_nonpos, _maxnum
+from .tasks import ROWS_PER_TASK, row_tasks
+
+
+@njit(**_FE)
+def _cross_entropy_forward_rows(x, targets, valid, eps, lse, loss, i0, i1):
+    """Rows i0 .. i1-1: lse_i = m + log sum_v exp(x_iv - m), m = max_v x_iv, and the row's loss
+        (1 - eps) (lse_i - x_i,y) + eps (lse_i - mean_v x_iv)      (0 for an ignored row)
+    A row (200 KiB at V = 50257) is read from memory once: the max sweep brings it into L2, the
+    sum of exponentials reads it from there."""
+    V = x.shape[1]
+    dt = x.dtype.type
+    # for each row: max (and sum, for the smoothing term), then the sum of exp(x - max)
+    for i in range(i0, i1):
+        xi = x[i]
+        m = dt(-np.inf)
+        total = dt(0)
+        for c in range(V):
+            m = _maxnum(m, xi[c])
+            total += xi[c]
+        s = dt(0)
+        for c in range(V):
+            s += _exp_nonpos(xi[c] - m)
+        lse[i] = m + np.log(s)
+        if valid[i]:
+            nll = lse[i] - xi[targets[i]]
+            loss[i] = dt(1 - eps) * nll + dt(eps) * (lse[i] - total / dt(V)) if eps else dt(1 - eps) * nll
+        else:
+            loss[i] = 0
+
+
+@njit(parallel=True, cache=True)
+def _cross_entropy_forward_tasks(x, targets, valid, eps, lse, loss, n_tasks):
+    N = x.shape[0]
+    # for each task of ROWS_PER_TASK rows, in parallel
+    for t in prange(n_tasks):
+        _cross_entropy_forward_rows(x, targets, valid, eps, lse, loss, t * ROWS_PER_TASK,
+                                    min(t * ROWS_PER_TASK + ROWS_PER_TASK, N))
+
+
+@njit(**_FE)
+def _cross_entropy_backward_rows(x, lse, targets, valid, eps, scale, dx, i0, i1):
+    """Rows i0 .. i1-1: dx_i = (softmax(x_i) - q_i) * scale, q_i = (1 - eps) onehot(y_i) + eps / V,
+    computed in the NumPy form's order: ((exp(x - lse) [- (1 - eps) at y_i]) - eps / V) * scale."""
+    V = x.shape[1]
+    dt = x.dtype.type
+    off = dt(eps / V)
+    # for each row: one sweep writes softmax - eps / V, scaled; then the target's entry
+    for i in range(i0, i1):
+        xi, dxi = x[i], dx[i]
+        if not valid[i]:
+            dxi[:] = 0
+            continue
+        li = lse[i]
+        for c in range(V):
+            dxi[c] = (_exp_nonpos(xi[c] - li) - off) * dt(scale)
+        y = targets[i]
+        dxi[y] = ((_exp_nonpos(xi[y] - li) - dt(1 - eps)) - off) * dt(scale)
+
+
+@njit(parallel=True, cache=True)
+def _cross_entropy_backward_tasks(x, lse, targets, valid, eps, scale, dx, n_tasks):
+    N = x.shape[0]
+    # for each task of ROWS_PER_TASK rows, in parallel
+    for t in prange(n_tasks):
+        _cross_entropy_backward_rows(x, lse, targets, valid, eps, scale, dx, t * ROWS_PER_TASK,
+                                     min(t * ROWS_PER_TASK + ROWS_PER_TASK, N))
+
+
+def cross_entropy_forward(logits, targets, ignore_index=-100, label_smoothing=0.0):
+    """npgpt.nn.loss.cross_entropy_forward in one pass over the logits, row by row (see that
+    function for the math). Returns (loss, CrossEntropyCache).
+
+    The per-row losses are added in float64, in row order.
+    """
+    x, targets = reference.check_cross_entropy_args(logits, targets, ignore_index, label_smoothing)
+    x = np.ascontiguousarray(x)
+    N, V = x.shape
+    valid = targets != ignore_index
+    n_valid = int(valid.sum())
+    lse = np.empty(N, dtype=x.dtype)
+    loss_rows = np.empty(N, dtype=x.dtype)
+    eps = float(label_smoothing)
+    n_tasks = row_tasks(N, V)
+    if n_tasks:
+        _cross_entropy_forward_tasks(x, targets, valid, eps, lse, loss_rows, n_tasks)
+    elif N:
+        _cross_entropy_forward_rows(x, targets, valid, eps, lse, loss_rows, 0, N)
+    loss = float(loss_rows.sum(dtype=np.float64) / n_valid) if n_valid else 0.0
+    return loss, CrossEntropyCache(x, lse.reshape(N, 1), targets, valid, n_valid, eps, logits.shape)
+
+
+def cross_entropy_backward(dloss, cache):
+    """npgpt.nn.loss.cross_entropy_backward in one pass over the logits: the gradient written
+    straight into a new array of the logits' shape, where the NumPy form makes three (N, V)
+    temporaries."""
+    x, lse, targets, valid, n_valid, eps, shape = cache
+    N, V = x.shape
+    out = np.empty(shape, dtype=x.dtype)
+    if n_valid == 0:
+        out[...] = 0
+        return out
+    scale = float(dloss) / n_valid
+    args = (np.ascontiguousarray(x), np.ascontiguousarray(lse).reshape(N), targets, valid, float(eps),
+            scale, out.reshape(N, V))
+    n_tasks = row_tasks(N, V)
+    if n_tasks:
+        _cross_entropy_backward_tasks(*args, n_tasks)
+    else:
+        _cross_entropy_backward_rows(*args, 0, N)
+    return out
