@@ -34,7 +34,9 @@ from .block import Block, DecoderLayer, EncoderLayer
 from .dropout import Dropout, dropout_backward, dropout_forward
 from .embedding import (Embedding, LearnedPositionalEmbedding, SinusoidalPositionalEncoding,
                         embedding_backward, embedding_forward, sinusoidal_encoding)
+from .head import TiedHead, tied_head_backward, tied_head_forward
 from .linear import Linear, linear_backward, linear_forward
+from .lora import LoRALinear, lora_backward, lora_forward
 from .loss import CrossEntropyLoss, cross_entropy_backward, cross_entropy_forward
 from .mlp import MLP
 from .module import Module, ModuleList, Parameter, flatten_parameters
