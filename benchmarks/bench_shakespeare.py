@@ -71,8 +71,9 @@ def val_batches(val, seed):
 
 def run_npgpt(data, iters, seed, backend) -> dict:
     from npgpt import GPT, GPTConfig, kernels
-    from npgpt.optim import AdamW, warmup_cosine
-    from npgpt.train import Trainer, lm_batch_fn
+    from npgpt.optim import AdamW, WarmupCosine
+    from npgpt.runs.pretrain import lm_batch_fn
+    from npgpt.trainer import Trainer
 
     kernels.use_backend(backend)                 # as `npgpt train --backend` does
     s = SETTINGS
@@ -80,11 +81,11 @@ def run_npgpt(data, iters, seed, backend) -> dict:
     if kernels.current_backend() == "numba":
         from npgpt.kernels import cpu
         cpu.warmup(("float32",))                 # compile (or load the cache) before the clock
-    cfg = GPTConfig.preset("baby-shakespeare", vocab_size=tok.vocab_size, dropout=0.0)
+    cfg = GPTConfig.preset("baby", vocab_size=tok.vocab_size, dropout=0.0)
     model = GPT(cfg, seed=seed)
     opt = AdamW(model.parameters(), lr=s["lr"], betas=s["betas"], weight_decay=s["weight_decay"])
     trainer = Trainer(model, opt, lm_batch_fn(train, s["batch_size"], s["block_size"]),
-                      schedule=warmup_cosine(s["lr"], min(s["warmup"], iters), iters, s["min_lr"]),
+                      schedule=WarmupCosine(s["lr"], min(s["warmup"], iters), iters, s["min_lr"]),
                       max_iters=iters, grad_clip=s["grad_clip"], seed=seed, progress=False)
     startup = time.perf_counter() - T_START
     t0 = time.perf_counter()
@@ -110,7 +111,7 @@ def run_torch(data, iters, seed, threads) -> dict:
     import common  # noqa: F401  (torch first, as the other benchmarks import it)
     import torch
 
-    from npgpt.optim import warmup_cosine
+    from npgpt.optim import WarmupCosine
 
     torch.set_num_threads(threads)
     s = SETTINGS
@@ -118,7 +119,7 @@ def run_torch(data, iters, seed, threads) -> dict:
     model = torch_gpt(tok.vocab_size, seed)
     # npgpt's rule: weight decay on the Linear weights; not on embeddings, biases, LayerNorms
     opt = torch.optim.AdamW(common.torch_decay_groups(model, s["weight_decay"]), lr=s["lr"], betas=s["betas"])
-    schedule = warmup_cosine(s["lr"], min(s["warmup"], iters), iters, s["min_lr"])
+    schedule = WarmupCosine(s["lr"], min(s["warmup"], iters), iters, s["min_lr"])
     from npgpt.data import get_batch
     rng = np.random.default_rng(seed)
     startup = time.perf_counter() - T_START
