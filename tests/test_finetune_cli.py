@@ -15,6 +15,7 @@ import pytest
 
 from npgpt import GPT, GPTConfig
 from npgpt import checkpoint as ckpt_io
+from npgpt import kernels
 from npgpt.cli import main
 from npgpt.data import default_corpus
 from npgpt.finetune import GPTClassifier, load_lora
@@ -124,6 +125,20 @@ def test_ctrl_c_saves_and_resume_continues_exactly(tmp_path, start, text):
         resume_config(tmp_path / "half", {"lr": 0.5})
     # the checkpoint holds JSON lists: the resumed settings have the tuples the run had
     assert resume_config(tmp_path / "half").freeze == ("h.0",) == cfg("half").freeze
+
+
+def test_the_run_uses_its_backend_and_restores_the_previous_one(tmp_path, start, text):
+    before = kernels.current_backend()
+    other = "numba" if before == "numpy" else "numpy"
+    if other not in kernels.available_backends():
+        pytest.skip(f"backend {other} is not available")
+    seen = []
+    cfg = FinetuneConfig(init=str(start), data=str(text), max_iters=2, batch_size=4, eval_iters=2,
+                         sample_tokens=0, backend=other, out=str(tmp_path / "run"))
+    run(cfg, progress=False, print_fn=lambda *a, **k: None,
+        on_step=lambda tr, rec: seen.append(kernels.current_backend()))
+    assert seen == [other, other] and kernels.current_backend() == before
+    assert ckpt_io.load(tmp_path / "run/ckpt.safetensors").meta["backend"] == other
 
 
 def test_the_config_checks_and_never_rewrites_itself():

@@ -8,6 +8,7 @@ import pytest
 
 from npgpt import GPT, GPTConfig
 from npgpt import checkpoint as ckpt_io
+from npgpt import kernels
 from npgpt.cli import main
 from npgpt.runs import seq2seq
 from npgpt.runs.seq2seq import (Seq2SeqConfig, check_pairs, evaluate, load_seq2seq, resume_config,
@@ -124,6 +125,18 @@ def test_the_config_does_not_rewrite_itself():
     cfg = Seq2SeqConfig()
     assert cfg.task is None and cfg.resolved_task == "reverse"
     assert Seq2SeqConfig(data="pairs.tsv").resolved_task is None
+
+
+def test_the_run_uses_its_backend_and_restores_the_previous_one(tmp_path):
+    before = kernels.current_backend()
+    other = "numba" if before == "numpy" else "numpy"
+    if other not in kernels.available_backends():
+        pytest.skip(f"backend {other} is not available")
+    seen = []
+    cfg = Seq2SeqConfig(max_iters=2, backend=other, out=str(tmp_path / "run"), **TINY_CFG)
+    seq2seq.run(cfg, progress=False, print_fn=quiet, on_step=lambda tr, rec: seen.append(kernels.current_backend()))
+    assert seen == [other, other] and kernels.current_backend() == before
+    assert ckpt_io.load(tmp_path / "run/ckpt.safetensors").meta["backend"] == other
 
 
 def test_a_tiny_model_learns_copy(tmp_path):
