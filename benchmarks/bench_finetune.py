@@ -20,7 +20,7 @@ mostly spelling; the BPE model's tokens are about words, so its pre-training is 
 
 The three runs (RUNS below, the same steps, batch and schedule) are `npgpt finetune --task
 classify` runs, made in this process by the function behind the command
-(npgpt.finetune.run.finetune); the equivalent commands are printed and recorded. Scores are the
+(npgpt.runs.finetune.run); the equivalent commands are printed and recorded. Scores are the
 held-out accuracy after the last step, mean and sample standard deviation over the seeds (seed s
 draws the head, the adapters, the batches and dropout, and the train / held-out split: --seed s
 --data-seed s, so the spread covers the choice of held-out sentences too).
@@ -69,10 +69,10 @@ def pretrained(kind: str, threads: int) -> Path:
     """The folder of the pre-trained `kind` model: the cached one if its settings are
     PRETRAIN[kind]'s and it finished, else trained now (a few minutes)."""
     from npgpt import checkpoint as ckpt_io
-    from npgpt.train import TrainConfig, train
+    from npgpt.runs import pretrain
 
     folder = WORK / f"pretrain-{kind}"
-    wanted = TrainConfig(out=str(folder), **PRETRAIN[kind])
+    wanted = pretrain.PretrainConfig(out=str(folder), **PRETRAIN[kind])
     path = folder / "ckpt.safetensors"
     if path.exists():
         saved = ckpt_io.load(path).meta
@@ -85,12 +85,12 @@ def pretrained(kind: str, threads: int) -> Path:
         shutil.rmtree(folder)
     print(f"pre-training: npgpt train --out {folder.relative_to(ROOT)} {flags(PRETRAIN[kind])} "
           f"(Numba on {threads} thread(s))")
-    train(wanted, progress=True)
+    pretrain.run(wanted, progress=True)
     return folder
 
 
 def run_one(kind: str, name: str, seed: int, init: Path, iters: int | None) -> dict:
-    from npgpt.finetune.run import FinetuneConfig, finetune
+    from npgpt.runs import finetune
 
     settings = {**COMMON, **RUNS[name], "seed": seed, "data_seed": seed}
     if iters is not None:
@@ -100,8 +100,8 @@ def run_one(kind: str, name: str, seed: int, init: Path, iters: int | None) -> d
     command = f"npgpt finetune --init {init.relative_to(ROOT)} {flags(settings)} --out {out.relative_to(ROOT)}"
     print(f"\n{kind}, {name}, seed {seed}:\n  {command}", flush=True)
     t = time.perf_counter()
-    result = finetune(FinetuneConfig(init=str(init), out=str(out), **settings), progress=False,
-                      print_fn=lambda *a, **k: None)
+    result = finetune.run(finetune.FinetuneConfig(init=str(init), out=str(out), **settings),
+                          progress=False, print_fn=lambda *a, **k: None)
     wall = time.perf_counter() - t
     m = result.metrics
     row = {"model": kind, "run": name, "seed": seed, "accuracy": m["test"]["accuracy"],

@@ -5,8 +5,8 @@ and measure held-out exact match (greedy and beam 4), steps and time.
     python benchmarks/bench_seq2seq.py --task reverse --no-write --iters 100   # a quick check
 
 The goal: at least 99% exact match on reverse (digits 0-9, sources of 10 to 20 digits) within
-10 minutes on 2 cores. Each task trains through `train_seq2seq` (the code behind `npgpt seq2seq
-train`) with the settings in SETTINGS; the equivalent command is written beside the numbers.
+10 minutes on 2 cores. Each task trains through `npgpt.runs.seq2seq.run` (the code behind `npgpt
+seq2seq train`) with the settings in SETTINGS; the equivalent command is written beside the numbers.
 "wall s" is the whole run: data, model, training, the periodic evaluations, the final greedy
 evaluation. "to 99%" is the training time (evaluations included) at the first evaluation that
 reached 99% greedy exact match. "CPU s" is the process's CPU time: what the run cost on a
@@ -54,7 +54,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import common  # noqa: E402  (imports torch before npgpt: see common.py)
 import numpy as np  # noqa: E402
 
-# The settings of each task: Seq2SeqTrainConfig fields (the rest are its defaults).
+# The settings of each task: Seq2SeqConfig fields (the rest are its defaults).
 SETTINGS = {
     "reverse": dict(task="reverse", min_len=10, max_len=20, n_train=50_000, n_test=1000,
                     d_model=64, n_head=4, layers=2, d_ff=256, dropout=0.0, norm_first=True,
@@ -88,10 +88,11 @@ def probe_worker() -> None:
     from npgpt import kernels
     from npgpt.models.transformer import Transformer
     from npgpt.optim import AdamW
-    from npgpt.seq2seq import Seq2SeqTrainConfig, batch_fn, fitted_seq_len, load_data
+    from npgpt.runs.seq2seq import Seq2SeqConfig
+    from npgpt.runs.seq2seq_data import batch_fn, fitted_seq_len, load_data
 
-    kernels.use_backend(ARGS.backend)
-    cfg = Seq2SeqTrainConfig(**{**SETTINGS["reverse"], "n_train": 2000, "n_test": 10})
+    kernels.use_backend(ARGS.backend)          # this worker process runs on it to the end
+    cfg = Seq2SeqConfig(**{**SETTINGS["reverse"], "n_train": 2000, "n_test": 10})
     data = load_data(cfg)
     seq_len = fitted_seq_len(data.train + data.test)
     model = Transformer(cfg.model_config(data.vocab.size, seq_len), seed=0)
@@ -124,9 +125,11 @@ def probe_threads() -> list[dict]:
 
 def run_task(name: str) -> dict:
     from npgpt import kernels
-    from npgpt.seq2seq import Seq2SeqTrainConfig, evaluate, load_data, load_seq2seq, train_seq2seq
-    from npgpt.train import read_log
+    from npgpt.runs import seq2seq
+    from npgpt.runs.seq2seq import Seq2SeqConfig, evaluate, load_data, load_seq2seq
+    from npgpt.trainer import read_log
 
+    kernels.use_backend(ARGS.backend)     # the training run and the beam evaluation after it
     settings = dict(SETTINGS[name])
     if ARGS.iters is not None:
         settings["max_iters"] = ARGS.iters
@@ -138,9 +141,9 @@ def run_task(name: str) -> dict:
             loads.append(os.getloadavg()[0])
 
     with tempfile.TemporaryDirectory(prefix="npgpt-bench-seq2seq-") as tmp:
-        cfg = Seq2SeqTrainConfig(**settings, out=tmp, backend=ARGS.backend, examples=3)
+        cfg = Seq2SeqConfig(**settings, out=tmp, backend=ARGS.backend, examples=3)
         wall, cpu = time.perf_counter(), time.process_time()
-        result = train_seq2seq(cfg, progress=False, on_step=on_step)
+        result = seq2seq.run(cfg, progress=False, on_step=on_step)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         elapsed = {r["step"]: r["elapsed"] for r in read_log(Path(tmp) / "log.jsonl")}
         model, _ = load_seq2seq(tmp)

@@ -72,7 +72,8 @@ def val_batches(val, seed):
 def run_npgpt(data, iters, seed, backend) -> dict:
     from npgpt import GPT, GPTConfig, kernels
     from npgpt.optim import AdamW, WarmupCosine
-    from npgpt.train import Trainer, lm_batch_fn
+    from npgpt.runs.pretrain import lm_batch_fn
+    from npgpt.trainer import Trainer
 
     kernels.use_backend(backend)                 # as `npgpt train --backend` does
     s = SETTINGS

@@ -43,7 +43,7 @@ from .models.transformer import Transformer
 from .nn.module import Module
 
 __all__ = ["Checkpoint", "save", "load", "rng_states", "set_rng_states", "load_gpt2", "save_gpt2",
-           "gpt2_from_hf", "gpt2_to_hf", "gpt2_config_from_hf", "gpt2_config_to_hf", "write_atomic"]
+           "gpt2_from_hf", "gpt2_to_hf", "gpt2_config_from_hf", "gpt2_config_to_hf"]
 
 FORMAT = "npgpt-checkpoint"
 VERSION = "1"

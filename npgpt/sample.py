@@ -20,6 +20,10 @@ from typing import Callable
 
 import numpy as np
 
+from . import checkpoint as ckpt_io
+from .finetune.init import load_init
+from .tokenizers import BPETokenizer
+
 STREAM_CHUNK = 16     # least tokens per generate call while streaming (each call refills the KV cache)
 SAMPLE_SEPARATOR = "\n---\n"   # between samples when num_samples > 1
 
@@ -27,9 +31,6 @@ SAMPLE_SEPARATOR = "\n---\n"   # between samples when num_samples > 1
 def load_model(checkpoint=None, gpt2=None, dtype: str | None = None):
     """(model, tokenizer) from an npgpt checkpoint file, or from a local Hugging Face GPT-2
     folder (config.json, model.safetensors, vocab.json, merges.txt). Exactly one of the two."""
-    from . import checkpoint as ckpt_io
-    from .tokenizers import BPETokenizer
-
     if (checkpoint is None) == (gpt2 is None):
         raise ValueError("load_model: pass exactly one of checkpoint (an npgpt checkpoint file) "
                          "and gpt2 (a Hugging Face GPT-2 folder)")
@@ -43,7 +44,6 @@ def load_model(checkpoint=None, gpt2=None, dtype: str | None = None):
     else:
         # the GPT of any npgpt run: `npgpt train`, or `npgpt finetune` (a classifier's GPT, LoRA
         # adapters folded in), read by the same code that starts a fine-tune
-        from .finetune.init import load_init
         start = load_init(checkpoint, dtype=dtype, where=f"checkpoint {str(checkpoint)!r}")
         model, tok = start.model, start.tokenizer
     if tok.vocab_size > model.config.vocab_size:

@@ -569,3 +569,18 @@ def test_a_lora_classifier_learns_a_toy_task_and_evaluates():
     report = evaluate(clf, idx, pad, labels, ["no d", "d"])
     assert report["loss"] < 0.25 * first["loss"] and report["accuracy"] >= 0.95, (first, report)
     assert clf.training and report["n"] == 64
+
+
+def test_the_lm_fine_tune_asks_the_trainer_to_skip_the_frozen_bottom(monkeypatch):
+    """`npgpt finetune --task lm` trains a GPT through the generic Trainer: its backward_fn passes
+    the skip explicitly, so frozen bottom blocks cost no backward work there either."""
+    from npgpt.runs.finetune_tasks import LMTask
+
+    model = tiny()
+    freeze(model, "wte", "wpe", "h.0")
+    monkeypatch.setattr(model.h[0], "backward", lambda *a, **k: pytest.fail("h.0 ran backward"))
+    idx, targets = np.random.default_rng(0).integers(0, 11, (2, 2, 8))
+    LMTask.loss_fn(model, (idx, targets))
+    model.zero_grad()
+    LMTask.backward_fn(model)
+    assert model.h[1].attn.c_attn.weight.grad.any()

@@ -7,15 +7,21 @@ GPT2LMHeadModel of a small GPT2Config and a small byte-level BPE in GPT-2's voca
 
 import hashlib
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
 
 from npgpt import GPT, GPTConfig
 from npgpt import checkpoint as ckpt_io
+from npgpt import kernels
 from npgpt.cli import main
 from npgpt.data import default_corpus
 from npgpt.finetune import GPTClassifier, load_lora
+from npgpt.finetune.init import load_init
+from npgpt.runs.finetune import FinetuneConfig, resume_config, run
+from npgpt.sample import load_model
 from npgpt.tokenizers import BPETokenizer, CharTokenizer
 
 FAST = ["--batch-size", "4", "--eval-iters", "2", "--sample-tokens", "0"]
@@ -99,11 +105,6 @@ def test_continued_pretraining_from_an_npgpt_checkpoint(tmp_path, start, text, c
 def test_ctrl_c_saves_and_resume_continues_exactly(tmp_path, start, text):
     """A run stopped by Ctrl-C (SIGINT) after step 3 and resumed has the losses of a run that
     was never stopped, step for step (LoRA adapters, a frozen block, dropout included)."""
-    import os
-    import signal
-
-    from npgpt.finetune.run import FinetuneConfig, finetune, resume_config
-
     def cfg(out):
         return FinetuneConfig(init=str(start), data=str(text), max_iters=6, lora_rank=2, lora_dropout=0.1,
                               dropout=0.1, freeze=("h.0",), eval_interval=3, batch_size=4, eval_iters=2,
@@ -114,14 +115,40 @@ def test_ctrl_c_saves_and_resume_continues_exactly(tmp_path, start, text):
             os.kill(os.getpid(), signal.SIGINT)
 
     quiet = lambda *a, **k: None                                              # noqa: E731
-    whole = finetune(cfg("whole"), progress=False, print_fn=quiet)
-    stopped = finetune(cfg("half"), progress=False, print_fn=quiet, on_step=ctrl_c_at_3)
+    whole = run(cfg("whole"), progress=False, print_fn=quiet)
+    stopped = run(cfg("half"), progress=False, print_fn=quiet, on_step=ctrl_c_at_3)
     assert stopped.train.interrupted and stopped.train.step == 3
-    resumed = finetune(resume_config(tmp_path / "half"), resume=True, progress=False, print_fn=quiet)
+    resumed = run(resume_config(tmp_path / "half"), resume=True, progress=False, print_fn=quiet)
     assert stopped.train.losses + resumed.train.losses == whole.train.losses
     assert resumed.metrics["val_loss"] == whole.metrics["val_loss"]
     with pytest.raises(ValueError, match=r"lr 0\.5 \(the run has 0\.001\)"):
         resume_config(tmp_path / "half", {"lr": 0.5})
+    # the checkpoint holds JSON lists: the resumed settings have the tuples the run had
+    assert resume_config(tmp_path / "half").freeze == ("h.0",) == cfg("half").freeze
+
+
+def test_the_run_uses_its_backend_and_restores_the_previous_one(tmp_path, start, text):
+    before = kernels.current_backend()
+    other = "numba" if before == "numpy" else "numpy"
+    if other not in kernels.available_backends():
+        pytest.skip(f"backend {other} is not available")
+    seen = []
+    cfg = FinetuneConfig(init=str(start), data=str(text), max_iters=2, batch_size=4, eval_iters=2,
+                         sample_tokens=0, backend=other, out=str(tmp_path / "run"))
+    run(cfg, progress=False, print_fn=lambda *a, **k: None,
+        on_step=lambda tr, rec: seen.append(kernels.current_backend()))
+    assert seen == [other, other] and kernels.current_backend() == before
+    assert ckpt_io.load(tmp_path / "run/ckpt.safetensors").meta["backend"] == other
+
+
+def test_the_config_checks_and_never_rewrites_itself():
+    """A list is not silently turned into a tuple: the settings are what was given, or an error."""
+    with pytest.raises(ValueError, match=r"freeze=\['h.0'\] \(--freeze\): expected a tuple of names"):
+        FinetuneConfig(freeze=["h.0"])
+    with pytest.raises(ValueError, match=r"freeze_blocks=\(0, 1, 2\) \(--freeze-blocks\): expected a tuple of two"):
+        FinetuneConfig(freeze_blocks=(0, 1, 2))
+    cfg = FinetuneConfig(max_iters=50)
+    assert cfg.warmup is None and cfg.warmup_steps == 5
 
 
 def test_continued_pretraining_from_a_gpt2_folder(tmp_path, gpt2_folder, text, capsys):
@@ -298,9 +325,6 @@ def test_bad_settings(tmp_path, start, argv, message, capsys):
 
 
 def test_sample_from_a_run_with_unmerged_lora_adapters(tmp_path, start, text, capsys):
-    from npgpt.finetune.init import load_init
-    from npgpt.sample import load_model
-
     out = tmp_path / "lora-lm"
     assert main(["finetune", "--init", str(start), "--data", str(text), "--out", str(out),
                  "--max-iters", "2", "--block-size", "16", "--lora-rank", "2", *FAST]) == 0

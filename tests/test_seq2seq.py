@@ -8,10 +8,12 @@ import pytest
 
 from npgpt import GPT, GPTConfig
 from npgpt import checkpoint as ckpt_io
+from npgpt import kernels
 from npgpt.cli import main
-from npgpt.seq2seq import (Seq2SeqTrainConfig, check_pairs, evaluate, load_seq2seq, resume_config,
-                           train_seq2seq, translate_ids, translate_texts)
-from npgpt.train import read_log
+from npgpt.runs import seq2seq
+from npgpt.runs.seq2seq import (Seq2SeqConfig, check_pairs, evaluate, load_seq2seq, resume_config,
+                                translate_ids, translate_texts)
+from npgpt.trainer import read_log
 from tests.helpers import interrupt_at, quiet
 
 # a model small enough that a step takes milliseconds
@@ -74,12 +76,12 @@ def test_translate_from_the_checkpoint(run, tmp_path, capsys):
 
 
 def test_resumed_run_equals_the_uninterrupted_run_exactly(tmp_path):
-    cfg = Seq2SeqTrainConfig(max_iters=12, eval_interval=4, checkpoint_interval=4, **TINY_CFG)
-    whole = train_seq2seq(replace(cfg, out=str(tmp_path / "whole")), progress=False, print_fn=quiet)
+    cfg = Seq2SeqConfig(max_iters=12, eval_interval=4, checkpoint_interval=4, **TINY_CFG)
+    whole = seq2seq.run(replace(cfg, out=str(tmp_path / "whole")), progress=False, print_fn=quiet)
     parts_cfg = replace(cfg, out=str(tmp_path / "parts"))
-    first = train_seq2seq(parts_cfg, progress=False, print_fn=quiet, on_step=interrupt_at(7))
+    first = seq2seq.run(parts_cfg, progress=False, print_fn=quiet, on_step=interrupt_at(7))
     assert first.interrupted and first.step == 7
-    rest = train_seq2seq(resume_config(parts_cfg.out), resume=True, progress=False, print_fn=quiet)
+    rest = seq2seq.run(resume_config(parts_cfg.out), resume=True, progress=False, print_fn=quiet)
 
     assert not rest.interrupted and rest.step == 12
     assert first.losses + rest.losses == whole.losses          # bit for bit, not approximately
@@ -117,11 +119,31 @@ def test_tsv_end_to_end(tmp_path, capsys):
     assert "SHA-256 differs" in capsys.readouterr().err
 
 
+def test_the_config_does_not_rewrite_itself():
+    """Neither task nor data: the run trains on "reverse", and the config says so without
+    changing its own field."""
+    cfg = Seq2SeqConfig()
+    assert cfg.task is None and cfg.resolved_task == "reverse"
+    assert Seq2SeqConfig(data="pairs.tsv").resolved_task is None
+
+
+def test_the_run_uses_its_backend_and_restores_the_previous_one(tmp_path):
+    before = kernels.current_backend()
+    other = "numba" if before == "numpy" else "numpy"
+    if other not in kernels.available_backends():
+        pytest.skip(f"backend {other} is not available")
+    seen = []
+    cfg = Seq2SeqConfig(max_iters=2, backend=other, out=str(tmp_path / "run"), **TINY_CFG)
+    seq2seq.run(cfg, progress=False, print_fn=quiet, on_step=lambda tr, rec: seen.append(kernels.current_backend()))
+    assert seen == [other, other] and kernels.current_backend() == before
+    assert ckpt_io.load(tmp_path / "run/ckpt.safetensors").meta["backend"] == other
+
+
 def test_a_tiny_model_learns_copy(tmp_path):
-    cfg = Seq2SeqTrainConfig(task="copy", min_len=1, max_len=5, n_train=2000, n_test=100, d_model=32,
+    cfg = Seq2SeqConfig(task="copy", min_len=1, max_len=5, n_train=2000, n_test=100, d_model=32,
                              n_head=2, layers=1, max_iters=300, batch_size=32, lr=3e-3, warmup=20,
                              eval_interval=0, checkpoint_interval=0, out=str(tmp_path / "copy"), examples=0)
-    result = train_seq2seq(cfg, progress=False, print_fn=quiet)
+    result = seq2seq.run(cfg, progress=False, print_fn=quiet)
     assert result.final.exact_match >= 0.9, result.final[:3]     # 0.99 at seed 0, in a second or two
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data import default_corpus
+
 
 @dataclass
 class ClassificationData:
@@ -153,7 +155,6 @@ def shuffled_words_task(seed: int = 0, test_fraction: float = 0.2, min_words: in
         raise ValueError(f"min_words={min_words!r}, max_words={max_words!r}: expected "
                          f"2 <= min_words <= max_words")
     if text is None:
-        from ..data import default_corpus
         text = default_corpus()
     rng = np.random.default_rng(seed)
     sents = [s for s in _sentences(text, min_words, max_words) if len(set(s.split())) > 1]

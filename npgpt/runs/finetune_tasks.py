@@ -5,7 +5,7 @@
     ClassifyTask    --task classify: (text, label) examples, GPTClassifier's loss; evaluation on
                     the held-out examples (accuracy, per class, confusion)
 
-run.finetune calls, in order: read_task(cfg) (the raw data, before any tokenizer), .alphabet()
+runs.finetune.run calls, in order: read_task(cfg) (the raw data, before any tokenizer), .alphabet()
 (the characters, for a char tokenizer when starting from scratch), .encode(tokenizer, block),
 assemble(cfg, gpt, task) (the model), .batch_fn / .loss_fn / .tokens_fn / .eval_fn (for the
 Trainer), .before(model) and .after(model, result) (the metrics), .merged_check(model).
@@ -17,6 +17,13 @@ import hashlib
 import json
 
 import numpy as np
+
+from ..data import default_corpus, load_text, split
+from ..finetune import GPTClassifier, add_lora, freeze, freeze_blocks, frozen_below
+from ..finetune.data import (ClassificationData, encode_texts, load_classification_file,
+                             shuffled_words_task)
+from ..finetune.evaluate import evaluate, format_report
+from .pretrain import lm_batch_fn, lm_eval_fn
 
 
 def read_task(cfg):
@@ -58,10 +65,6 @@ def check_known(tokenizer, texts, where: str, lines: bool = False) -> None:
 def assemble(cfg, gpt, task):
     """The model to train: the GPT, or a GPTClassifier around it; then LoRA, then freezing.
     Each step checks its arguments before it changes anything."""
-    from .classifier import GPTClassifier
-    from .freeze import freeze, freeze_blocks
-    from .lora import add_lora
-
     model = gpt
     if task.classes is not None:
         if len(task.classes) < 2:
@@ -92,8 +95,6 @@ class LMTask:
     classes = None
 
     def __init__(self, cfg):
-        from ..data import default_corpus, load_text
-
         self.cfg = cfg
         if cfg.data is None:
             self.text, self.source = default_corpus(), "the built-in corpus"
@@ -105,8 +106,6 @@ class LMTask:
         return self.text
 
     def encode(self, tokenizer, block: int) -> None:
-        from ..data import split
-
         check_known(tokenizer, [self.text], self.source, lines=True)
         ids = np.asarray(tokenizer.encode(self.text), dtype=np.int64)
         self.train_ids, self.val_ids = split(ids, self.cfg.val_fraction)
@@ -122,7 +121,6 @@ class LMTask:
                 f"{len(self.train_ids):,} train / {len(self.val_ids):,} validation")
 
     def batch_fn(self, batch_size: int):
-        from ..train import lm_batch_fn
         return lm_batch_fn(self.train_ids, batch_size, self.block)
 
     @staticmethod
@@ -130,11 +128,15 @@ class LMTask:
         return model.forward(*batch)[1]
 
     @staticmethod
+    def backward_fn(model) -> None:
+        # the frozen bottom (--freeze-blocks, LoRA's frozen embeddings) costs no backward work
+        model.backward(frozen_below=frozen_below(model))
+
+    @staticmethod
     def tokens_fn(batch) -> int:
         return int(batch[0].size)
 
     def eval_fn(self, cfg):
-        from ..train import lm_eval_fn
         self._eval = lm_eval_fn(self.val_ids, cfg.batch_size, self.block, cfg.eval_iters, seed=cfg.seed + 1)
         return self._eval
 
@@ -171,8 +173,6 @@ class ClassifyTask:
     """Classification: GPTClassifier's loss on (text, label) batches; held-out evaluation."""
 
     def __init__(self, cfg):
-        from .data import load_classification_file, shuffled_words_task
-
         self.cfg = cfg
         if cfg.data is None:
             self.train, self.test = shuffled_words_task(seed=cfg.data_seed, test_fraction=cfg.test_fraction)
@@ -195,8 +195,6 @@ class ClassifyTask:
         return "".join(self.train.texts + self.test.texts)
 
     def encode(self, tokenizer, block: int) -> None:
-        from .data import encode_texts
-
         for name, part in (("train", self.train), ("held-out", self.test)):
             check_known(tokenizer, part.texts, f"{self.source}, {name} examples")
         self.idx, self.pad = encode_texts(self.train.texts, tokenizer, block)
@@ -228,11 +226,14 @@ class ClassifyTask:
         return model.forward(x, y, p)[1]
 
     @staticmethod
+    def backward_fn(model) -> None:
+        model.backward()                     # GPTClassifier skips the frozen bottom itself
+
+    @staticmethod
     def tokens_fn(batch) -> int:
         return int((~batch[1]).sum())
 
     def _evaluate(self, model) -> dict:
-        from .evaluate import evaluate
         return evaluate(model, self.test_idx, self.test_pad, self.test.labels, self.classes)
 
     def eval_fn(self, cfg):
@@ -245,8 +246,6 @@ class ClassifyTask:
         return {}
 
     def after(self, model, result, print_fn=print) -> dict:
-        from .evaluate import evaluate, format_report
-
         # the Trainer evaluated the final weights unless no step ran in this session
         report = self._report if result.losses and self._report is not None else self._evaluate(model)
         train = evaluate(model, self.idx, self.pad, self.train.labels, self.classes)
@@ -271,8 +270,6 @@ class ClassifyTask:
 def held_out_split(data, fraction: float, seed: int = 0):
     """(train, test) ClassificationData: round(fraction * n_k) examples of each class k held out
     (seeded), at least one kept for training; a class of one example stays in training."""
-    from .data import ClassificationData
-
     rng = np.random.default_rng(seed)
     test_rows = []
     for k in range(len(data.classes)):

@@ -1,0 +1,171 @@
+"""The skeleton every run stands on (npgpt train, npgpt seq2seq train, npgpt finetune).
+
+A run, whatever it trains, goes through the same steps; this module writes each of them once:
+
+    with kernels.backend(cfg.backend or kernels.current_backend()):   # restored afterwards
+        session = Session(SPEC, cfg, resume)      # --out checked before any work; on --resume,
+                                                  # the checkpoint there is read
+        session.use_data(source, sha256)          # on --resume: the same data, or an error
+        ... the run's own data and model ...
+        opt = session.adamw(model)                # AdamW: cfg.lr, (cfg.beta1, cfg.beta2), ...
+        trainer = session.trainer(model, opt, batch_fn, eval_fn=..., schedule=...,
+                                  meta={...})     # + the settings, the data, the backend
+        session.resume(trainer, print_fn)         # on --resume: continue where it stopped
+        result = trainer.run()
+        session.report(result, print_fn)          # interrupted (how to continue) or done
+
+and resume_settings reads the settings a run saved, for `--resume`: only the settings in
+spec.resumable may differ from the saved ones, so a resumed run follows the saved trajectory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .. import checkpoint as ckpt_io
+from .. import kernels
+from ..optim import AdamW
+from ..sample import default_prompt, generate_text
+from ..trainer import CHECKPOINT_NAME, Trainer, TrainResult
+from .settings import flag_name
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a run says about itself, for the skeleton's checks and messages."""
+
+    command: str            # "npgpt train": how messages name the command
+    section: str            # the checkpoint's meta key of the settings: "train"
+    resumable: tuple        # the settings a resumed run may change
+    outputs: tuple          # what --out holds: named when --out is not a folder
+    kept: tuple = (CHECKPOINT_NAME,)   # the files of an earlier run that a new run never overwrites
+
+
+def check_out_folder(out, spec: RunSpec) -> Path:
+    """--out as a Path; a file there (or a file in its way) is one clear error, before any work."""
+    out = Path(out)
+    blocker = next((p for p in (out, *out.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        where = "" if blocker == out else f": {str(blocker)!r} is a file"
+        raise NotADirectoryError(f"--out {str(out)!r} is a file{where}: expected a folder (for "
+                                 f"{', '.join(spec.outputs)}), new or of an earlier run; pass "
+                                 f"another --out")
+    return out
+
+
+def resume_settings(out, cls, spec: RunSpec, overrides: dict | None = None):
+    """The settings dataclass `cls` that spec.command saved under meta[spec.section] of
+    out/ckpt.safetensors, with the overrides of the fields in spec.resumable applied (None: not
+    given). An override of any other field that differs from the saved value is an error naming
+    it: a resumed run follows the saved trajectory."""
+    path = check_out_folder(out, spec) / CHECKPOINT_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"--resume: there is no checkpoint {str(path)!r} to resume "
+                                f"(run `{spec.command}` without --resume first, or pass the run's --out)")
+    saved = ckpt_io.load(path).meta.get(spec.section)
+    if not isinstance(saved, dict):
+        raise ValueError(f"checkpoint {str(path)!r} was not saved by `{spec.command}`: it has no "
+                         f"settings to resume")
+    # JSON has no tuples: a tuple setting comes back as a list
+    saved = cls(**{**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()},
+                   "out": str(out)})
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    clash = [f"{flag_name(k)[2:]} {v!r} (the run has {getattr(saved, k)!r})"
+             for k, v in overrides.items()
+             if k not in spec.resumable and dataclasses.replace(saved, **{k: v}) != saved]
+    if clash:
+        raise ValueError("--resume continues the saved run with its own settings, but these differ: "
+                         + ", ".join(clash) + f"; only {', '.join(spec.resumable)} may change")
+    return dataclasses.replace(saved, **{k: v for k, v in overrides.items() if k in spec.resumable})
+
+
+class Session:
+    """One run of spec's command with settings cfg: its --out folder, the checkpoint it resumes
+    (saved, or None) and the pieces every run builds the same way (see the module docstring).
+    Made inside the run's backend context; reads, never writes (the Trainer writes)."""
+
+    def __init__(self, spec: RunSpec, cfg, resume: bool):
+        self.spec, self.cfg = spec, cfg
+        self.out = check_out_folder(cfg.out, spec)
+        self.data: dict = {}
+        if resume:
+            self.saved = ckpt_io.load(self.out / CHECKPOINT_NAME)
+            return
+        self.saved = None
+        there = [name for name in spec.kept if (self.out / name).exists()]
+        if there:
+            raise FileExistsError(f"--out {str(self.out)!r} already holds {there} of an earlier run: "
+                                  f"pass --resume to continue it, or another --out (nothing was "
+                                  f"overwritten)")
+
+    def use_data(self, source: str, sha256: str, **facts) -> None:
+        """Record what the run trains on (for the checkpoint's meta); on --resume, data whose
+        SHA-256 differs from the saved run's is an error."""
+        if self.saved is not None and self.saved.meta.get("data", {}).get("sha256") != sha256:
+            raise ValueError(f"--resume: {source} is not the data the run in {str(self.out)!r} was "
+                             f"trained on (its SHA-256 differs): resume with the same data")
+        self.data = {"source": source, "sha256": sha256, **facts}
+
+    def adamw(self, model, **extra) -> AdamW:
+        """AdamW over the model's parameters with the settings' lr, betas (beta1, beta2) and
+        weight_decay; extra: more AdamW arguments (eps)."""
+        cfg = self.cfg
+        return AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                     weight_decay=cfg.weight_decay, **extra)
+
+    def trainer(self, model, optimizer, batch_fn: Callable, *, meta: dict, progress=True,
+                on_step: Callable | None = None, **loop) -> Trainer:
+        """The run's Trainer: the settings' max_iters, grad_clip, intervals and seed, --out,
+        and a checkpoint meta of the settings, the data, the backend and meta; loop: the
+        Trainer's run-specific arguments (loss_fn, eval_fn, schedule, tokens_fn)."""
+        cfg = self.cfg
+        meta = {self.spec.section: dataclasses.asdict(cfg), "data": self.data,
+                "backend": kernels.current_backend(), **meta}
+        return Trainer(model, optimizer, batch_fn, max_iters=cfg.max_iters, grad_clip=cfg.grad_clip,
+                       eval_interval=cfg.eval_interval, checkpoint_interval=cfg.checkpoint_interval,
+                       out_dir=self.out, meta=meta, seed=cfg.seed, progress=progress,
+                       on_step=on_step, **loop)
+
+    def resume(self, trainer: Trainer, print_fn: Callable = print) -> bool:
+        """On --resume: restore the trainer from the saved checkpoint and say where it stands."""
+        if self.saved is None:
+            return False
+        trainer.resume(self.saved)
+        left = "" if trainer.step < trainer.max_iters else ": nothing left to do (raise --max-iters to train on)"
+        print_fn(f"resuming {str(self.out)!r} at step {trainer.step} of {trainer.max_iters}{left}")
+        before, now = self.saved.meta.get("backend"), kernels.current_backend()
+        if before != now:
+            print_fn(f"note: the run so far used backend {before!r}, this session {now!r}: rounding "
+                     f"differs, so the losses will not repeat bit for bit")
+        return True
+
+    def report_interrupted(self, result: TrainResult, print_fn: Callable = print) -> bool:
+        """A run stopped by Ctrl-C: say where its checkpoint is and how to continue it."""
+        if result.interrupted:
+            print_fn(f"interrupted at step {result.step}: checkpoint saved to {result.checkpoint}; "
+                     f"continue with: {self.spec.command} --resume --out {self.cfg.out}")
+        return result.interrupted
+
+    def report(self, result: TrainResult, print_fn: Callable = print) -> None:
+        """The end of a run: interrupted (how to continue), or its final losses and checkpoint."""
+        if self.report_interrupted(result, print_fn) or not result.losses:
+            return
+        tail = result.losses[-50:]
+        val = result.val_losses.get(result.step)
+        print_fn(f"done: step {result.step}, train loss {np.mean(tail):.4f} (mean of the last "
+                 f"{len(tail)} steps)" + (f", val loss {val:.4f}" if val is not None else "")
+                 + f", {result.elapsed:.1f} s of training; checkpoint {result.checkpoint}")
+
+
+def print_sample(model, tokenizer, tokens: int, seed: int, print_fn: Callable = print) -> None:
+    """The end of a language model's run: `tokens` tokens sampled from the default prompt
+    (temperature 0.8, top-k 40), printed as they come."""
+    print_fn(f"\nsample ({tokens} tokens, temperature 0.8, top-k 40):")
+    generate_text(model, tokenizer, default_prompt(tokenizer), max_new_tokens=tokens, temperature=0.8,
+                  top_k=40, seed=seed, stream=lambda s: print_fn(s, end="", flush=True))
+    print_fn("")
