@@ -1,4 +1,4 @@
-"""The command line: `npgpt gradcheck | train | sample | bench | seq2seq | finetune`.
+"""The command line: `npgpt gradcheck | train | sample | bench | seq2seq | finetune | exercise`.
 
 Each subcommand is a pair of functions here: one that declares its arguments, one that runs it
 by calling the library. The library never imports this module.
@@ -10,6 +10,8 @@ import argparse
 import os
 import sys
 
+from .exercises.command import add_exercise
+from .exercises.filecheck import run_file
 from .finetune.command import add_finetune
 from .seq2seq import add_seq2seq
 
@@ -20,24 +22,29 @@ def add_gradcheck(sub):
                                    "numerical gradients in float64, for its input and every parameter.")
     p.add_argument("--seed", type=int, default=0, help="seed of the inputs and upstream gradients")
     p.add_argument("--layer", default=None, help="only the layers whose name contains this text")
+    p.add_argument("--file", default=None, metavar="PATH",
+                   help="check the layers of your own file instead: functions <name>_forward, "
+                        "<name>_backward, <name>_inputs(rng), or Module subclasses with "
+                        "example_inputs(rng); exit 0 all pass, 1 one fails, 2 the file cannot be used")
     p.set_defaults(run=run_gradcheck)
 
 
 def run_gradcheck(args) -> int:
     from . import gradcheck
 
+    if args.file is not None:
+        return run_file(args.file, seed=args.seed, layer=args.layer)
     rows = gradcheck.check_all(seed=args.seed)
     if args.layer:
+        layers = list(dict.fromkeys(r["layer"] for r in rows))
         rows = [r for r in rows if args.layer.lower() in r["layer"].lower()]
         if not rows:
-            print(f"--layer {args.layer!r} matches no layer", file=sys.stderr)
+            print(f"npgpt gradcheck: error: --layer {args.layer!r} matches no layer: expected part of "
+                  f"one of: {', '.join(layers)}", file=sys.stderr)
             return 2
     print(gradcheck.format_table(rows))
-    failed = [r for r in rows if not r["passed"]]
-    layers = len({r["layer"] for r in rows})
-    print(f"\n{len(rows) - len(failed)}/{len(rows)} tensors of {layers} layers within tolerance "
-          f"(relative error <= {max(r['tolerance'] for r in rows):.0e}, float64 central differences)")
-    return 1 if failed else 0
+    print("\n" + gradcheck.summary_line(rows))
+    return 0 if all(r["passed"] for r in rows) else 1
 
 
 # -- train -------------------------------------------------------------------------------------
@@ -218,7 +225,7 @@ def run_bench(args) -> int:
     return subprocess.run(cmd, env=env).returncode
 
 
-COMMANDS = [add_gradcheck, add_train, add_sample, add_bench, add_seq2seq, add_finetune]
+COMMANDS = [add_gradcheck, add_train, add_sample, add_bench, add_seq2seq, add_finetune, add_exercise]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,6 +244,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`npgpt gradcheck | head`): stop quietly; stdout goes to
+        # /dev/null so that Python's flush at exit does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141                     # 128 + SIGPIPE, what a shell reports for such a writer
 
 
 if __name__ == "__main__":
