@@ -127,7 +127,7 @@ def check_once(ws: Workspace, ex, seed: int = 0):
     outcome = run_check(ex, ws.path(ex), seed)
     if outcome.status in ("pass", "fail", "todo"):
         ws.record(ex, outcome.status == "pass")
-    print(format_outcome(outcome, ws.path(ex), ws.next_pending()), flush=True)
+    print(format_outcome(outcome, ws.path(ex), ws.next_pending(after=ex)), flush=True)
     return outcome
 
 
@@ -202,7 +202,7 @@ def watch(ws: Workspace, seed: int = 0, interval: float = 0.5, max_checks: int |
                 if on_check is not None:
                     on_check(checks, outcome)
                 if outcome.status == "pass":
-                    ex, last = ws.next_pending(), None
+                    ex, last = ws.next_pending(after=ex), None
                     if ex is not None:
                         ws.start(ex)
                 if max_checks is not None and checks >= max_checks:

@@ -28,6 +28,9 @@ def worst_elements(t: Tensor, k: int = 3) -> list[str]:
 
 def pattern(t: Tensor) -> str | None:
     """A plain-words description of how the two gradients differ, when there is a simple one."""
+    if t.analytic.ndim == 2 and t.analytic.shape[0] == t.analytic.shape[1] \
+            and gradcheck.rel_error(t.analytic, t.numeric.T) <= 1e-6:
+        return f"yours is the {t.against} one transposed"
     a, b = t.analytic.ravel(), t.numeric.ravel()
     big = np.abs(b) > 1e-3 * np.abs(b).max(initial=0.0)
     if not big.any():

@@ -37,8 +37,10 @@ def check_file(path, seed: int = 0) -> tuple[list, list[str]]:
     return results, problems
 
 
-def run_file(path, seed: int = 0, layer: str | None = None, out=sys.stdout, err=sys.stderr) -> int:
-    """Print the table of a user's file (and why each failure failed); return the exit status."""
+def run_file(path, seed: int = 0, layer: str | None = None, out=None, err=None) -> int:
+    """Print the table of a user's file (and why each failure failed); return the exit status.
+    out, err: where to print (default: sys.stdout, sys.stderr as they are at the call)."""
+    out, err = out or sys.stdout, err or sys.stderr
     try:
         results, problems = check_file(path, seed)
     except Unusable as e:

@@ -58,8 +58,10 @@ class ModuleLayer:
 def load(path) -> types.ModuleType:
     """Run the file at `path` as a fresh module (its folder importable while it runs)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise Unusable(f"{path}: no such file")
+    if not path.is_file():
+        raise Unusable(f"{path}: not a regular file: expected a Python file")
     try:
         source = path.read_text(encoding="utf-8")
         code = compile(source, str(path), "exec")

@@ -86,9 +86,12 @@ class Workspace:
             return "started"
         return "done" if passed == self._hash(ex) else "edited"
 
-    def next_pending(self) -> Exercise | None:
-        """The first exercise, in teaching order, that is not done."""
-        return next((ex for ex in EXERCISES if self.status(ex) != "done"), None)
+    def next_pending(self, after: Exercise | None = None) -> Exercise | None:
+        """The first exercise, in teaching order, that is not done (the first after `after`,
+        if one is, then from the start)."""
+        start = number(after.name) if after is not None else 0
+        order = EXERCISES[start:] + EXERCISES[:start]
+        return next((ex for ex in order if self.status(ex) != "done"), None)
 
     def current(self) -> Exercise | None:
         """The exercise last started (or moved to), else the next pending one."""
