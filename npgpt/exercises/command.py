@@ -77,7 +77,7 @@ def run_next(args) -> int:
     created = ws.start(ex)
     print(f"Exercise {number(ex.name)}/{len(EXERCISES)}: {ex.name} -- {ex.title}")
     print(f"{'Wrote' if created else 'Your file:'} {ws.path(ex)}\n")
-    print(inspect.getdoc(getattr(template_module(ex.name), ex.function)) or "", "\n")
+    print((inspect.getdoc(getattr(template_module(ex.name), ex.function)) or "") + "\n")
     print(f"Write {ex.function} in that file, then:\n"
           f"  npgpt exercise check      check it (with a diagnosis when it fails)\n"
           f"  npgpt exercise watch      re-check it every time you save\n"
@@ -188,8 +188,8 @@ def watch(ws: Workspace, seed: int = 0, interval: float = 0.5, max_checks: int |
     check's exit status), or when every exercise passes (0). on_check(n, outcome): for tests."""
     ex = ws.current() or ws.next_pending()
     checks, last, status = 0, None, 0
-    print(f"Watching {ws.root}/ (Ctrl-C to stop).", flush=True)
     try:
+        print(f"Watching {ws.root}/ (Ctrl-C to stop).", flush=True)
         if ex is not None:
             ws.start(ex)
         while ex is not None:

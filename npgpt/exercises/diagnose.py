@@ -7,6 +7,8 @@ gradient as the student's, and finding the student's gradient equal to it.
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 
 from .. import gradcheck
@@ -101,7 +103,8 @@ def report(result: Result, matches: dict | None = None, catalogued: int | None =
     by_name = {t.name: t for t in result.tensors}
     for m, tensors in named.items():
         which = ", ".join(by_name[n].label for n in tensors)
-        lines += ["", f"This is a known mistake ({which}): {m.name}.", f"  Hint: {m.hint}"]
+        lines += ["", f"This is a known mistake ({which}): {m.name}.",
+                  textwrap.fill(f"Hint: {m.hint}", 100, initial_indent="  ", subsequent_indent="        ")]
     unexplained = [t.label for t in result.tensors if not t.row["passed"] and t.name not in matches]
     if catalogued and unexplained:
         lines += ["", f"{', '.join(unexplained)}: none of the {catalogued} catalogued mistakes of "
