@@ -30,6 +30,9 @@ elementwise_error <= ELEMENT_TOLERANCE (1e-5). The first is the tight bound on t
 elements, where the numerical gradient is most accurate; the second is the bound no element
 above the floor can hide from. (Below the floor an element is judged absolutely: wrong by more
 than 1e-8 of the largest, it fails.) compare() applies the rule; check_all() reports both.
+
+A user's own file (`npgpt gradcheck --file`) and the exercises are checked by npgpt.exercises
+with these functions and the same rule.
 """
 
 from __future__ import annotations

@@ -251,3 +251,13 @@ def test_watch_exits_cleanly_on_a_real_ctrl_c(tmp_path):
     child.send_signal(signal.SIGINT)
     out, err = child.communicate(timeout=60)
     assert child.returncode == 0 and "Stopped watching." in out and err == "", err
+
+
+def test_an_update_that_returns_instead_of_updating_in_place(tmp_path, capsys):
+    ws = str(tmp_path)
+    _cli(capsys, "start", "adamw", "--dir", ws)
+    path = Workspace(ws).path(get("adamw"))
+    path.write_text(path.read_text().replace('raise NotImplementedError("write adamw_update: update p, m and v in place")',
+                                             "return p - lr * g, m, v"))
+    status, out = _cli(capsys, "check", "--dir", ws)
+    assert status == 2 and "adamw_update (line 10) returned tuple: expected None" in out

@@ -269,3 +269,8 @@ def test_the_elementwise_error_catches_a_small_wrong_element():
     assert verdict["element_error"] > gradcheck.ELEMENT_TOLERANCE and not verdict["passed"]
     noise = b + 1e-12                                # numerical noise near zero is not a failure
     assert gradcheck.compare(b, noise)["passed"]
+
+
+def test_layer_flag_that_matches_nothing_in_the_file(tmp_path, capsys):
+    status, _, err = run(capsys, write(tmp_path, RIGHT), "--layer", "conv")
+    assert status == 2 and "--layer 'conv' matches no layer" in err and "swish, scaled_sum" in err

@@ -47,7 +47,12 @@ def run_file(path, seed: int = 0, layer: str | None = None, out=None, err=None) 
         print(f"npgpt gradcheck: error: {e}", file=err)
         return 2
     if layer:
+        names = [r.layer for r in results]
         results = [r for r in results if layer.lower() in r.layer.lower()]
+        if not results and names:
+            print(f"npgpt gradcheck: error: --layer {layer!r} matches no layer of {path}: expected "
+                  f"part of one of: {', '.join(names)}", file=err)
+            return 2
     rows = [row for r in results for row in r.rows]
     if rows:
         print(gradcheck.format_table(rows), file=out)

@@ -22,10 +22,10 @@ def run_steps(update, inputs: dict, what: str = "", path=None) -> dict:
     hyper = [inputs[k] for k in ("lr", "beta1", "beta2", "eps", "weight_decay")]
     for step, g in enumerate(inputs["grads"], start=1):
         args = (p, np.array(g, dtype=np.float64), m, v, np.array(inputs["decay"]), *hyper, step)
-        if path is None:
-            update(*args)
-        else:
-            call(update, what, path, *args, backward=True)
+        returned = update(*args) if path is None else call(update, what, path, *args, backward=True)
+        if returned is not None:
+            raise Unusable(f"{what} returned {type(returned).__name__}: expected None, with p, m "
+                           f"and v updated in place (p -= ..., m[...] = ...)")
     return dict(p=p, m=m, v=v)
 
 

@@ -71,7 +71,7 @@ def load(path) -> types.ModuleType:
         raise Unusable(_syntax_message(path, e)) from None
     module = types.ModuleType(f"_npgpt_user_{next(_counter)}_{path.stem}")
     module.__file__ = str(path)
-    sys.modules[module.__name__] = module          # dataclasses and pickling look it up
+    sys.modules[module.__name__] = module          # dataclasses look it up while the file runs
     sys.path.insert(0, str(path.resolve().parent))
     try:
         exec(code, module.__dict__)
@@ -79,6 +79,7 @@ def load(path) -> types.ModuleType:
         raise Unusable(f"{path}: running the file raised {_exception(e)}{where(e, path)}") from None
     finally:
         sys.path.remove(str(path.resolve().parent))
+        del sys.modules[module.__name__]           # watch loads a file at every save
     return module
 
 
