@@ -274,3 +274,20 @@ def test_the_elementwise_error_catches_a_small_wrong_element():
 def test_layer_flag_that_matches_nothing_in_the_file(tmp_path, capsys):
     status, _, err = run(capsys, write(tmp_path, RIGHT), "--layer", "conv")
     assert status == 2 and "--layer 'conv' matches no layer" in err and "swish, scaled_sum" in err
+
+
+def test_a_layer_with_nothing_to_check(tmp_path, capsys):
+    path = write(tmp_path, '''
+        import numpy as np
+
+        def count_forward(ids):
+            return np.bincount(ids).astype(float), None
+
+        def count_backward(dout, cache):
+            return None
+
+        def count_inputs(rng):
+            return [np.array([1, 2, 2])]
+    ''')
+    status, _, err = run(capsys, path)
+    assert status == 2 and "count: nothing to check: expected a float64 input or parameter" in err

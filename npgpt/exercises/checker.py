@@ -87,12 +87,14 @@ def as_inputs(value, what: str) -> list:
 
 def per_input(grads, inputs: list, what: str, signature: str) -> tuple:
     """One gradient per input, from a tuple (or list) of them, or from a single array when one
-    input is checked."""
+    input is checked (None when none is)."""
     floats = [i for i, x in enumerate(inputs) if is_checked(x)]
     if isinstance(grads, list):
         grads = tuple(grads)
     if isinstance(grads, tuple) and len(grads) == len(inputs):
         return grads
+    if grads is None and not floats:
+        return (None,) * len(inputs)                    # nothing differentiable, nothing returned
     if len(floats) == 1 and (not isinstance(grads, tuple) or len(grads) == 1):
         single = grads[0] if isinstance(grads, tuple) else grads
         return tuple(single if i == floats[0] else None for i in range(len(inputs)))

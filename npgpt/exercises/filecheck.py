@@ -34,6 +34,10 @@ def check_file(path, seed: int = 0) -> tuple[list, list[str]]:
                 results.append(check_module_class(layer.cls, path, seed))
         except (Unusable, NotWritten) as e:
             problems.append(f"{path}: {e}")
+            continue
+        if not results[-1].tensors:
+            problems.append(f"{path}: {layer.name}: nothing to check: expected a float64 input or "
+                            f"parameter with a gradient (float64 arrays are checked)")
     return results, problems
 
 
