@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import gradcheck
 from . import diagnose
-from .catalog import EXERCISES, number
+from .catalog import EXERCISES, get, number
 from .checker import Result, check_function
 from .spec import Exercise
 from .update import check_update, update_outputs
@@ -41,23 +41,23 @@ class Outcome:
 @functools.lru_cache(maxsize=None)
 def template_module(name: str):
     """The pristine template, run once: its forward and inputs are the exercise's definition."""
-    return load(next(e for e in EXERCISES if e.name == name).template)
+    return load(get(name).template)
 
 
 def _function(module, name: str, path: Path, ex: Exercise):
     fn = getattr(module, name, None)
     if not callable(fn):
         raise Unusable(f"{path} defines no {name}: expected the function the exercise asks for "
-                       f"(the template is in `npgpt exercise start {ex.name}` of an empty folder)")
+                       f"(a fresh copy: `npgpt exercise start {ex.name} --dir another-folder`)")
     return fn
 
 
 def _same_forward(ex: Exercise, forward, path: Path) -> str | None:
     """None if the student's forward still computes the template's function on its inputs."""
     pristine = template_module(ex.name)
-    inputs = pristine.__dict__[f"{ex.name}_inputs"](np.random.default_rng(0))
-    want = pristine.__dict__[f"{ex.name}_forward"](*inputs)[0]
-    inputs = pristine.__dict__[f"{ex.name}_inputs"](np.random.default_rng(0))
+    draw = getattr(pristine, f"{ex.name}_inputs")
+    want = getattr(pristine, f"{ex.name}_forward")(*draw(np.random.default_rng(0)))[0]
+    inputs = draw(np.random.default_rng(0))
     got = call(forward, f"{ex.name}_forward", path, *inputs)
     got = got[0] if isinstance(got, tuple) and len(got) == 2 else got
     if np.shape(got) == np.shape(want) and gradcheck.rel_error(got, want) <= 1e-12:
@@ -121,7 +121,7 @@ def format_outcome(outcome: Outcome, path: Path, next_ex: Exercise | None) -> st
     elif outcome.status == "fail":
         wrong = sum(not r["passed"] for r in outcome.result.rows) if outcome.result else 0
         total = len(outcome.result.rows) if outcome.result else 0
-        lines.append(f"FAIL: {wrong} of {total} wrong. `npgpt exercise hint {ex.name}` gives a hint."
+        lines.append(f"FAIL: {wrong} of {total} tensors wrong. `npgpt exercise hint {ex.name}` gives a hint."
                      if total else f"FAIL. `npgpt exercise hint {ex.name}` gives a hint.")
     elif outcome.status == "error":
         lines.append("ERROR: the file could not be checked (above: where, and what was expected).")
