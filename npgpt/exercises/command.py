@@ -39,7 +39,7 @@ def add_exercise(sub) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dir", default=argparse.SUPPRESS,
                         help=f"the workspace folder (default: {DEFAULT_DIR}/)")
-    verbs = p.add_subparsers(dest="verb", metavar="SUBCOMMAND")
+    verbs = p.add_subparsers(dest="verb", metavar="[SUBCOMMAND]")
     q = verbs.add_parser("list", parents=[common], help="the exercises and your progress")
     q.add_argument("--catalog", action="store_true", help="print the catalogue of mistakes and its count")
     q.set_defaults(run=run_list)
