@@ -1,4 +1,4 @@
-"""The command line: `npgpt gradcheck | train | sample | bench | seq2seq | finetune`.
+"""The command line: `npgpt gradcheck | train | sample | bench | seq2seq | finetune | trace | plot`.
 
 One file per command, each with add(sub), which declares its arguments, and the function that
 runs it by calling the library (the training commands' flags are made from their settings
@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, finetune, gradcheck, sample, seq2seq, train
+from . import bench, finetune, gradcheck, plot, sample, seq2seq, trace, train
 
-COMMANDS = [gradcheck, train, sample, bench, seq2seq, finetune]    # in the order --help lists them
+COMMANDS = [gradcheck, train, sample, bench, seq2seq, finetune, trace, plot]    # in the order --help lists them
 
 
 def build_parser() -> argparse.ArgumentParser:
