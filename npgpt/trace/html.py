@@ -167,7 +167,8 @@ def render_html(trace: Trace) -> str:
     page = _Page(trace)
     meta = trace.meta
     depth = max((r.depth for r in trace.records), default=0)
-    options = "".join(f'<option value="{d}">{d}</option>' for d in range(depth + 2))
+    options = "".join(f'<option value="{d}"{" selected" if d == depth + 1 else ""}>{d}</option>'
+                      for d in range(depth + 2))          # the last: every module open, as loaded
     notes = "".join(f'<p class="meta note">note: {_e(n)}</p>' for n in meta.get("notes", ()))
     body = (f"<h1>npgpt trace</h1><p class=\"meta\">{_e(meta.get('description', meta.get('model')))}</p>"
             f"<p class=\"meta\">{_e(meta.get('data', ''))}</p><p class=\"meta\">loss {meta['loss']:.6g}; "
