@@ -4,6 +4,7 @@ equation and its gradient (npgpt.trace); its flags are TraceConfig's fields."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from ..files import write_atomic
@@ -40,10 +41,11 @@ def run(args) -> int:
         return 2
     text = json.dumps(trace.to_dict())
     done = sys.stderr if cfg.json == "-" else sys.stdout
-    if cfg.json == "-":
-        print(text)
-    else:
-        print(render_terminal(trace, cfg.depth))
+    try:
+        print(text if cfg.json == "-" else render_terminal(trace, cfg.depth), flush=True)
+    except BrokenPipeError:                    # `npgpt trace | head`: the reader has had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     try:
         if cfg.json not in (None, "-"):
             write_atomic(cfg.json, (text + "\n").encode("utf-8"))

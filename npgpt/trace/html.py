@@ -93,7 +93,9 @@ class _Page:
     def module(self, rec, children: str) -> str:
         out = next((o for o in rec.outputs if o is not None), None) or {}
         stats = ""
-        if rec.phase == "forward" and "std" in out:
+        if out.get("shape") == [] and "mean" in out:
+            stats = f"value {num(out['mean']).strip()}"
+        elif rec.phase == "forward" and "std" in out:
             stats = f"mean {num(out['mean']).strip()} std {num(out['std']).strip()} " \
                     f"[{num(out['min']).strip()}, {num(out['max']).strip()}]"
         elif "norm" in out:

@@ -34,8 +34,8 @@ def describe(value) -> dict:
 
 def summary(a, bins: int = BINS) -> dict:
     """Shape, dtype and statistics of an array (a float: a 0-d one). Integer and bool arrays
-    get their range; float arrays also mean, std, norm and a histogram of `bins` equal bins
-    between min and max (counts; one bin when every value is equal)."""
+    get their range; float arrays also mean, std, norm and, with more than one element, a
+    histogram of `bins` equal bins between min and max (counts; one bin when all are equal)."""
     arr = np.asarray(a)
     out = {"shape": list(arr.shape), "dtype": str(arr.dtype)}
     if arr.size == 0:
@@ -53,8 +53,9 @@ def summary(a, bins: int = BINS) -> dict:
     lo, hi = float(x.min()), float(x.max())
     out.update(mean=float(x.mean()), std=float(x.std()), min=lo, max=hi,
                norm=math.sqrt(float(np.dot(x, x))))
-    counts, _ = np.histogram(x, bins=bins if hi > lo else 1, range=(lo, hi) if hi > lo else None)
-    out["hist"] = counts.tolist()
+    if x.size > 1:                                     # a scalar (the loss) has no distribution
+        counts, _ = np.histogram(x, bins=bins if hi > lo else 1, range=(lo, hi) if hi > lo else None)
+        out["hist"] = counts.tolist()
     return out
 
 

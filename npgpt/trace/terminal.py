@@ -67,15 +67,28 @@ def _visible(records, depth):
     return [r for r in records if depth is None or r.depth <= depth]
 
 
+def _label(r) -> str:
+    """The module's name, indented by nesting; a second call of one module says so."""
+    return "  " * r.depth + r.name + (f" (call {r.call + 1})" if r.call else "")
+
+
+def _widths(recs) -> tuple[int, int]:
+    """The widths of the module and type columns: the longest entry, at least 28 and 18."""
+    return (max([28] + [len(_label(r)) + 1 for r in recs]), max([18] + [len(r.kind) + 1 for r in recs]))
+
+
 def _forward(trace: Trace, depth, compare: bool) -> list[str]:
     recs = _visible(trace.forward, depth)
-    cols = f"{'module':<28} {'type':<26} {'in':<14} {'out':<14} {'mean':>9} {'std':>9} {'min':>9} {'max':>9}"
+    wm, wk = _widths(recs)
+    cols = f"{'module':<{wm}} {'type':<{wk}} {'in':<14} {'out':<14} {'mean':>9} {'std':>9} {'min':>9} {'max':>9}"
     lines = ["", f"forward: {len(trace.forward)} calls in the order they ran"
              + (f" ({len(recs)} shown, --depth {depth})" if len(recs) < len(trace.forward) else ""),
              cols + ("  torch diff" if compare else "") + "  note"]
     for r in recs:
         out = _first(r.outputs) or {}
-        row = (f"{'  ' * r.depth + r.name:<28} {r.kind:<26} {shape(_first(r.inputs)):<14} "
+        if out.get("shape") == []:                     # a scalar (the loss): its value alone
+            out = {"shape": [], "mean": out.get("mean")}
+        row = (f"{_label(r):<{wm}} {r.kind:<{wk}} {shape(_first(r.inputs)):<14} "
                f"{shape(out):<14} {num(out.get('mean'))} {num(out.get('std'))} {num(out.get('min'))} "
                f"{num(out.get('max'))}")
         lines.append(row + (f"  {_diff(r):>10}" if compare else "") + (f"  {_note(r)}" if r.saturation else ""))
@@ -85,13 +98,14 @@ def _forward(trace: Trace, depth, compare: bool) -> list[str]:
 
 def _backward(trace: Trace, depth, compare: bool) -> list[str]:
     recs = _visible(trace.backward, depth)
-    cols = f"{'module':<28} {'type':<26} {'dout':<14} {'dx':<14} {'|dx|':>9}"
+    wm, wk = _widths(recs)
+    cols = f"{'module':<{wm}} {'type':<{wk}} {'dout':<14} {'dx':<14} {'|dx|':>9}"
     lines = ["", f"backward: {len(trace.backward)} calls in the order they ran (the forward's, reversed)"
              + (f" ({len(recs)} shown, --depth {depth})" if len(recs) < len(trace.backward) else ""),
              cols + ("  torch diff" if compare else "")]
     for r in recs:
         out = _first(r.outputs) or {}
-        lines.append(f"{'  ' * r.depth + r.name:<28} {r.kind:<26} {shape(_first(r.inputs)):<14} "
+        lines.append(f"{_label(r):<{wm}} {r.kind:<{wk}} {shape(_first(r.inputs)):<14} "
                      f"{shape(out) if out else '-':<14} {num(out.get('norm'))}"
                      + (f"  {_diff(r):>10}" if compare else ""))
         for name, g in r.params.items():
@@ -154,8 +168,8 @@ def _compare(trace: Trace) -> list[str]:
         return []
     return ["", f"compared with PyTorch {c.get('torch', '')} ({c['dtype']}): largest difference "
             f"{c['max_diff']:.3g} over {c['tensors']} tensors (forward {c['forward']:.3g}, backward "
-            f"{c['backward']:.3g}, parameter gradients {c['grads']:.3g}, updated weights "
-            f"{c['weights']:.3g}); where: {c['where']}"]
+            f"{c['backward']:.3g}, parameter gradients {c['grads']:.3g}, the optimizer phase from "
+            f"npgpt's gradients {c['weights']:.3g}); where: {c['where']}"]
 
 
 def render_terminal(trace: Trace, depth: int | None = None) -> str:
