@@ -8,13 +8,11 @@ import inspect
 import numpy as np
 import pytest
 
-import npgpt.models.gpt
-import npgpt.models.transformer
 from npgpt import GPT, GPTConfig, Transformer, TransformerConfig, nn
 from npgpt.data import Seq2SeqVocab, pad_batch
 from npgpt.finetune import add_lora
 from npgpt.nn import module as module_py
-from npgpt.optim import AdamW
+from npgpt.optim import AdamW, clip_grad_norm
 from npgpt.trace import Tracer
 from npgpt.trace.equations import PHASES, blocks, documented_class, equation
 from npgpt.trace.step import Trace, trace_step
@@ -132,7 +130,7 @@ def _step(make, traced: bool, **kw):
             losses.append(float(model.forward(*batch)[1]))
             opt.zero_grad()
             model.backward()
-            npgpt.optim.clip_grad_norm(opt, 0.5)
+            clip_grad_norm(opt, 0.5)
             opt.step()
     return losses, {n: p.grad.copy() for n, p in model.named_parameters()}, model.state_dict()
 

@@ -35,6 +35,7 @@ from .step import Trace, trace_step
 
 MODELS = ("gpt", "transformer")
 _PRESET = "the preset's"
+TEXT_PREFIX = 200_000      # characters of the text a batch is drawn from (encoding all of it is slow)
 _OPT = {"lr": 2e-3, "beta1": 0.9, "beta2": 0.99, "weight_decay": 0.1}     # for a new optimizer
 
 
@@ -133,6 +134,9 @@ def prepare(cfg: TraceConfig) -> Subject:
     if saved is not None and (kind == "transformer") != (saved.meta.get("model") == "Transformer"):
         raise ValueError(f"--model {kind}, but --checkpoint {cfg.checkpoint!r} holds a "
                          f"{saved.meta.get('model')!r} model: expected them to agree (or drop --model)")
+    if cfg.checkpoint is not None and saved is None and kind == "transformer":
+        raise ValueError(f"--model transformer, but --checkpoint {cfg.checkpoint!r} is not an npgpt "
+                         f"checkpoint (a GPT-2 folder holds a GPT): expected one of `npgpt seq2seq train`")
     subject = _transformer(cfg, saved) if kind == "transformer" else _gpt(cfg, saved)
     _configure_optimizer(cfg, subject, saved)
     subject.meta["dtype"] = str(subject.model.config.dtype)
@@ -152,12 +156,12 @@ def _read_checkpoint(path):
     return ckpt_io.load(p)
 
 
-TEXT_PREFIX = 200_000      # characters of the text a batch is drawn from (encoding all of it is slow)
-
-
 def _gpt(cfg: TraceConfig, saved) -> Subject:
     """A GPT (new, or the checkpoint's) and a batch of random windows of the text."""
-    text, source = (default_corpus(), "the built-in corpus") if cfg.data is None else (load_text(cfg.data), repr(cfg.data))
+    if cfg.data is None:
+        text, source = default_corpus(), "the built-in corpus"
+    else:
+        text, source = load_text(cfg.data), repr(cfg.data)
     if cfg.checkpoint is not None:
         init = load_init(cfg.checkpoint, dtype=cfg.dtype, dropout=cfg.dropout, seed=cfg.seed,
                          where=f"--checkpoint {str(cfg.checkpoint)!r}")
