@@ -12,7 +12,8 @@ import sys
 
 from . import bench, finetune, gradcheck, plot, sample, seq2seq, trace, train
 
-COMMANDS = [gradcheck, train, sample, bench, seq2seq, finetune, trace, plot]    # in the order --help lists them
+# in the order --help lists them
+COMMANDS = [gradcheck, train, sample, bench, seq2seq, finetune, trace, plot]
 
 
 def build_parser() -> argparse.ArgumentParser:
