@@ -205,6 +205,8 @@ class Trainer:
     seed:         seeds the batch sampler's Generator (the model seeds its own dropout)
     progress:     True: a progress bar; False: none; None: a bar only on a terminal
     on_step:      on_step(trainer, record) after each step's record (tests, custom logging)
+    around_step:  around_step(trainer, step) -> a context manager the step runs in; the dict it
+                  yields is added to the step's record (npgpt.trace.health: --health-every)
     """
 
     def __init__(self, model, optimizer, batch_fn: Callable, *, max_iters: int,
@@ -213,7 +215,8 @@ class Trainer:
                  schedule: Callable | None = None, grad_clip: float = 1.0,
                  eval_interval: int = 0, checkpoint_interval: int = 0, out_dir=None,
                  meta: dict | None = None, seed: int = 0, progress: bool | None = True,
-                 tokens_fn: Callable = _default_tokens, on_step: Callable | None = None):
+                 tokens_fn: Callable = _default_tokens, on_step: Callable | None = None,
+                 around_step: Callable | None = None):
         for name, value in (("max_iters", max_iters), ("eval_interval", eval_interval),
                             ("checkpoint_interval", checkpoint_interval)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -235,6 +238,7 @@ class Trainer:
         self.meta = dict(meta or {})
         self.progress = progress
         self.on_step = on_step           # called as on_step(trainer, record) after each step
+        self.around_step = around_step   # around_step(trainer, step): the context of each step
         self.rng = np.random.default_rng(seed)     # the batch sampler's generator
         self.step = 0
         self.elapsed = 0.0
@@ -301,7 +305,9 @@ class Trainer:
     def _loop(self, log: RunLog, ctrl_c: dict) -> list:
         losses, since_eval = [], []
         while self.step < self.max_iters and not ctrl_c["requested"]:
-            rec = self._train_step()
+            with self._around_step() as extra:
+                rec = self._train_step()
+            rec.update(extra)
             losses.append(rec["loss"])
             since_eval.append(rec["loss"])
             end = self.step == self.max_iters
@@ -315,6 +321,12 @@ class Trainer:
                 self._tick()
                 self.save()
         return losses
+
+    def _around_step(self):
+        """The context of the coming step: around_step's, or one that adds nothing."""
+        if self.around_step is None:
+            return contextlib.nullcontext({})
+        return self.around_step(self, self.step + 1)
 
     def _kept(self) -> str:
         path = self.checkpoint_path

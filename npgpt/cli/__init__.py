@@ -1,4 +1,4 @@
-"""The command line: `npgpt gradcheck | exercise | train | sample | bench | seq2seq | finetune`.
+"""The command line: `npgpt gradcheck | exercise | train | sample | trace | plot | bench | seq2seq | finetune`.
 
 One file per command, each with add(sub), which declares its arguments, and the function that
 runs it by calling the library (the training commands' flags are made from their settings
@@ -11,9 +11,10 @@ import argparse
 import os
 import sys
 
-from . import bench, exercise, finetune, gradcheck, sample, seq2seq, train
+from . import bench, exercise, finetune, gradcheck, plot, sample, seq2seq, trace, train
 
-COMMANDS = [gradcheck, exercise, train, sample, bench, seq2seq, finetune]    # in the order --help lists them
+# in the order --help lists them
+COMMANDS = [gradcheck, exercise, train, sample, trace, plot, bench, seq2seq, finetune]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,13 +1,9 @@
 """GPT: a decoder-only Transformer language model, GPT-2's architecture by default.
 
-    x      = dropout(wte[idx] + wpe[0..T-1])           token + position embeddings   (B, T, C)
-    x      = block_L( ... block_1(x))                  pre-LN Transformer blocks
-    h      = ln_f(x)                                   the final hidden states          (B, T, C)
-    logits = h @ wte^T                                 the head shares the token table (tied)
-    loss   = mean cross-entropy(logits, targets)
-
-backward() is that chain in reverse, in one method: loss, head, ln_f, the blocks from the top,
-the embeddings (where the tied table's two gradients meet).
+The class docstring below writes the model as a chain of layers: token and position
+embeddings, pre-LN Transformer blocks, a final LayerNorm, the head that shares the token table,
+the mean cross-entropy. backward() is that chain in reverse, in one method: loss, head, ln_f,
+the blocks from the top, the embeddings (where the tied table's two gradients meet).
 
 Parameter names follow GPT-2's (without the `transformer.` prefix): wte.weight, wpe.weight,
 h.0.ln_1.weight, h.0.attn.c_attn.weight, ..., ln_f.bias; lm_head.weight only when untied.
@@ -30,9 +26,24 @@ from .gpt2_hf import read_gpt2
 
 
 class GPT(Module):
-    """The model of GPTConfig, initialised as GPT-2: every weight ~ N(0, 0.02^2), the two
-    projections into the residual stream of each block ~ N(0, (0.02 / sqrt(2 n_layer))^2),
-    biases 0, LayerNorms (1, 0). The same seed gives the same weights and dropout masks.
+    """The model of GPTConfig:
+
+    forward:
+        x      = dropout(wte[idx] + wpe[0..T-1])      token + position embeddings   (B, T, C)
+        x      = block_L( ... block_1(x))             pre-LN Transformer blocks
+        h      = ln_f(x)                              the final hidden states          (B, T, C)
+        logits = h @ wte^T                            tied: the head is the token table
+        loss   = mean cross-entropy(logits, targets)
+    backward:
+        dlogits = (softmax(logits) - onehot(targets)) / (B T)      the chain rule starts here
+        dh = lm_head'(dlogits),   dx_L = ln_f'(dh),   dx_(i-1) = block_i'(dx_i)  from the top
+        dwpe += sum_b dx_0,   dwte += the head's dE + the rows of dx_0 scattered by idx
+    f'(d): f's backward applied to d.
+
+    With tie_weights=False the head is a Linear of its own, logits = h @ W_head. Initialised as
+    GPT-2: every weight ~ N(0, 0.02^2), the two projections into the residual stream of each
+    block ~ N(0, (0.02 / sqrt(2 n_layer))^2), biases 0, LayerNorms (1, 0). The same seed gives
+    the same weights and dropout masks.
 
     The parameters lie in one flat buffer (flatten_parameters, the constructor's last step), so
     an optimizer updates the whole model in one pass; nothing moves them afterwards.

@@ -1,15 +1,10 @@
 """The encoder-decoder Transformer of Vaswani et al. (2017), "Attention Is All You Need".
 
-    x      = dropout(E_src[src] * sqrt(d) + PE[0..S-1])            source embedding   (B, S, d)
-    memory = encoder_norm(enc_N( ... enc_1(x, src_pad)))           the encoder         (B, S, d)
-    y      = dropout(E_tgt[tgt_in] * sqrt(d) + PE[0..T-1])         target embedding   (B, T, d)
-    h      = decoder_norm(dec_N( ... dec_1(y, memory)))            the decoder         (B, T, d)
-    logits = h @ W_gen + b_gen                                     generator           (B, T, V)
-    loss   = smoothed cross-entropy(logits, tgt_out), ignoring tgt_out == pad_id
-
-Each encoder layer attends over the source (padded source positions hidden); each decoder layer
-attends causally over the target (padded target positions hidden), then over `memory` (padded
-source positions hidden). PE is the fixed sinusoidal encoding (npgpt.nn.sinusoidal_encoding).
+The model's chain of layers is in the Transformer class docstring: the source embedding, the
+encoder, the target embedding, the decoder, the generator and the loss. Each encoder layer
+attends over the source (padded source positions hidden); each decoder layer attends causally
+over the target (padded target positions hidden), then over `memory` (padded source positions
+hidden). PE is the fixed sinusoidal encoding (npgpt.nn.sinusoidal_encoding).
 
 It computes the same function as PyTorch's torch.nn.Transformer (batch_first=True, ReLU) with
 nn.Embedding tables and an nn.Linear generator around it, including the two things that are easy
@@ -51,7 +46,22 @@ def xavier_uniform(rng: np.random.Generator, shape, dtype) -> np.ndarray:
 
 
 class Transformer(Module):
-    """The encoder-decoder model of a TransformerConfig.
+    """The encoder-decoder model of a TransformerConfig:
+
+    forward:
+        x      = dropout(E_src[src] * sqrt(d) + PE[0..S-1])        source embedding   (B, S, d)
+        memory = encoder_norm(enc_N( ... enc_1(x, src_pad)))       the encoder         (B, S, d)
+        y      = dropout(E_tgt[tgt_in] * sqrt(d) + PE[0..T-1])     target embedding   (B, T, d)
+        h      = decoder_norm(dec_N( ... dec_1(y, memory)))        the decoder         (B, T, d)
+        logits = h @ W_gen + b_gen                                 generator           (B, T, V)
+        loss   = smoothed cross-entropy(logits, tgt_out), ignoring tgt_out == pad_id
+    backward:
+        dlogits = (softmax(logits) - q) / count,   dy_N = decoder_norm'(generator'(dlogits))
+        (dy_(i-1), dm_i) = dec_i'(dy_i),   dmemory = sum_i dm_i    memory feeds every decoder layer
+        dE_tgt += sqrt(d) dropout'(dy_0) scattered by tgt_in
+        dx_N = encoder_norm'(dmemory),   dx_(i-1) = enc_i'(dx_i)
+        dE_src += sqrt(d) dropout'(dx_0) scattered by src          PE is fixed: no gradient
+    f'(d): f's backward applied to d.
 
     Shared embeddings (share_embeddings=True, one vocabulary): ONE matrix E of shape (V, d) is
     the source lookup table, the target lookup table and the generator's weight (logits =
@@ -191,14 +201,19 @@ class Transformer(Module):
         for layer in reversed(self.decoder):
             dy, dm = layer.backward(dy)
             dmemory += dm
-        # forward: y_0 = dropout(E_tgt[tgt_in] * sqrt(d) + PE)   (PE is fixed: nothing to learn)
-        self.tgt_embed.backward(self.tgt_drop.backward(dy) * self.emb_scale)
+        # forward: y_0 = dropout(E_tgt[tgt_in] * sqrt(d) + PE)   (PE is fixed: nothing to learn,
+        # but its backward is called, so that every forward call has its backward, in reverse)
+        dy = self.tgt_drop.backward(dy)
+        self.pos.backward(dy)
+        self.tgt_embed.backward(dy * self.emb_scale)
         # encode, forward: memory = encoder_norm(x_N),  x_i = enc_i(x_{i-1})
         dx = self.encoder_norm.backward(dmemory)
         for layer in reversed(self.encoder):
             dx = layer.backward(dx)
         # forward: x_0 = dropout(E_src[src] * sqrt(d) + PE)
-        self.src_embed.backward(self.src_drop.backward(dx) * self.emb_scale)
+        dx = self.src_drop.backward(dx)
+        self.pos.backward(dx)
+        self.src_embed.backward(dx * self.emb_scale)
         return None
 
     # -- input checks ------------------------------------------------------------------------

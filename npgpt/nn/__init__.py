@@ -20,6 +20,11 @@ The conventions every layer here follows:
                its Parameter's .grad, so no weight-sized temporary is made.
     Module     forward(...) -> out; backward(dout) adds (+=) into each Parameter's .grad and
                returns the gradient of its input(s).
+    docstring  a Module's class docstring displays its math under the headers `forward:` and
+               `backward:`, the lines indented under each; a header may name the attribute
+               values it holds for: `forward (norm_first=True):`. There f'(d) is f's backward
+               applied to d (d times f's Jacobian: the vector-Jacobian product). npgpt.trace
+               reads these lines at run time and prints them beside every call it records.
     shapes     activations (B, T, C), attention heads (B, H, T, D), weights (in, out) so that
                y = x @ W + b; a function documented on (..., C) takes any leading axes.
     dtypes     float32 or float64, one per layer, that of its Parameters: an input of another

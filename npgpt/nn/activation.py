@@ -111,6 +111,19 @@ def activation_functions(name: str):
 class Activation(Module):
     """An element-wise non-linearity by name ("gelu_tanh" | "gelu" | "relu"); no parameters.
 
+    forward (name="gelu_tanh"):
+        y = 0.5 x (1 + tanh(u)),   u = sqrt(2/pi) (x + 0.044715 x^3)
+    backward (name="gelu_tanh"):
+        dx = dy * (0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)),   t = tanh(u)
+    forward (name="gelu"):
+        y = x Phi(x),   Phi(x) = 0.5 (1 + erf(x / sqrt(2)))   (the standard normal CDF)
+    backward (name="gelu"):
+        dx = dy * (Phi(x) + x phi(x)),   phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+    forward (name="relu"):
+        y = max(x, 0)
+    backward (name="relu"):
+        dx = dy where x > 0, else 0
+
     forward and backward run the backend's fused kernel for the name where it has one (Numba:
     "gelu_tanh_forward", one pass with a vectorised tanh), else the NumPy functions above.
     """
@@ -159,7 +172,13 @@ class ReLU(Activation):
 
 
 class Softmax(Module):
-    """Softmax along `axis`; no parameters."""
+    """Softmax along `axis`; no parameters.
+
+    forward:
+        y = exp(x - max(x)) / sum(exp(x - max(x)))       along axis
+    backward:
+        dx = y * (dy - sum(dy * y))                       the sum along axis
+    """
 
     def __init__(self, axis: int = -1):
         super().__init__()

@@ -87,9 +87,20 @@ class MultiHeadAttention(Module):
     lays it out. Cross-attention (cross=True): q_proj: (C, C) from x, kv_proj: (C, 2C) from the
     encoder's output `memory`. Then the attention kernel per head, merge the heads, c_proj: (C, C).
 
-        q, k, v = x Wq, x Wk, x Wv         (or k, v from memory)
-        head_h  = softmax(q_h k_h^T / sqrt(D) + mask) v_h
-        y       = concat(head_1 .. head_H) Wo + bo
+    forward (cross=False):
+        q, k, v = split(x @ W_attn + b_attn)              (B, T, 3C) -> 3 x (B, H, T, D)
+    forward (cross=True):
+        q = x @ W_q + b_q,   k, v = split(memory @ W_kv + b_kv)
+    forward:
+        head_h = softmax(q_h k_h^T / sqrt(D) + mask) v_h  mask: -inf at hidden keys
+        y = concat(head_1 .. head_H) @ W_o + b_o
+    backward:
+        dhead = c_proj'(dy),   dv = att^T @ dhead,   datt = dhead @ v^T      per head
+        ds = att * (datt - sum_k(datt * att)),   dq = ds @ k / sqrt(D),   dk = ds^T @ q / sqrt(D)
+    backward (cross=False):
+        dx = c_attn'([dq | dk | dv])
+    backward (cross=True):
+        dx = q_proj'(dq),   dmemory = kv_proj'([dk | dv])
 
     dropout is applied to the attention probabilities (drawn from `rng`) in training mode;
     causal (default: True for self-attention, False for cross) hides later positions;
@@ -170,8 +181,9 @@ class MultiHeadAttention(Module):
         dq, dk, dv = kernels.get("attention_backward")(dout_heads, self._cache)
         if self.cross:
             dq, dk, dv = merge_heads(dq), merge_heads(dk), merge_heads(dv)  # 3 x (B, T, C)
-            dx = self.q_proj.backward(dq, need_dx=need_dx)
+            # the forward's order reversed: kv_proj (from memory) ran after q_proj (from x)
             dmemory = self.kv_proj.backward(np.concatenate([dk, dv], axis=-1))
+            dx = self.q_proj.backward(dq, need_dx=need_dx)
             return dx, dmemory
         # forward: q, k, v = split(x @ W_attn + b)  ->  the three gradients side by side
         return self.c_attn.backward(merge_qkv_heads(dq, dk, dv), need_dx=need_dx)   # (B, T, 3C)

@@ -23,8 +23,12 @@ def _rngs(rng: np.random.Generator, n: int):
 class Block(Module):
     """The GPT-2 block, pre-LN:
 
+    forward:
         h = x + dropout(attn(ln_1(x)))        causal self-attention
         y = h + dropout(mlp(ln_2(h)))
+    backward:
+        dh = dy + ln_2'(mlp'(drop_2'(dy)))    the residual and the branch add
+        dx = dh + ln_1'(attn'(drop_1'(dh)))   f'(d): f's backward applied to d
 
     proj_std: the init std of the two projections into the residual stream (GPT-2 scales them by
     1 / sqrt(2 n_layer)).
@@ -56,11 +60,21 @@ class Block(Module):
 
 
 class EncoderLayer(Module):
-    """One encoder layer, as torch.nn.TransformerEncoderLayer (ReLU, batch_first):
+    """One encoder layer, as torch.nn.TransformerEncoderLayer (ReLU, batch_first), post-LN
+    (norm_first=False, the paper) or pre-LN (norm_first=True):
 
-        post-LN (norm_first=False, the paper):   pre-LN (norm_first=True):
-        h = norm1(x + dropout(sa(x)))             h = x + dropout(sa(norm1(x)))
-        y = norm2(h + dropout(ff(h)))             y = h + dropout(ff(norm2(h)))
+    forward (norm_first=False):
+        h = norm1(x + dropout(sa(x)))
+        y = norm2(h + dropout(ff(h)))
+    backward (norm_first=False):
+        ds = norm2'(dy),   dh = ds + ff'(dropout'(ds))          s = h + dropout(ff(h))
+        dr = norm1'(dh),   dx = dr + sa'(dropout'(dr))          r = x + dropout(sa(x))
+    forward (norm_first=True):
+        h = x + dropout(sa(norm1(x)))
+        y = h + dropout(ff(norm2(h)))
+    backward (norm_first=True):
+        dh = dy + norm2'(ff'(dropout'(dy)))
+        dx = dh + norm1'(sa'(dropout'(dh)))       f'(d): f's backward applied to d
 
     sa is bidirectional self-attention with the source padding mask; ff is an MLP of width d_ff
     with dropout between its two Linears.
@@ -104,12 +118,25 @@ class EncoderLayer(Module):
 
 
 class DecoderLayer(Module):
-    """One decoder layer, as torch.nn.TransformerDecoderLayer (ReLU, batch_first):
+    """One decoder layer, as torch.nn.TransformerDecoderLayer (ReLU, batch_first), post-LN
+    (norm_first=False) or pre-LN (norm_first=True):
 
-        post-LN (norm_first=False):                 pre-LN (norm_first=True):
-        h = norm1(x + dropout(sa(x)))                h = x + dropout(sa(norm1(x)))
-        g = norm2(h + dropout(ca(h, memory)))        g = h + dropout(ca(norm2(h), memory))
-        y = norm3(g + dropout(ff(g)))                y = g + dropout(ff(norm3(g)))
+    forward (norm_first=False):
+        h = norm1(x + dropout(sa(x)))
+        g = norm2(h + dropout(ca(h, memory)))
+        y = norm3(g + dropout(ff(g)))
+    backward (norm_first=False):
+        dt = norm3'(dy),   dg = dt + ff'(dropout'(dt))
+        ds = norm2'(dg),   (dh_ca, dmemory) = ca'(dropout'(ds)),   dh = ds + dh_ca
+        dr = norm1'(dh),   dx = dr + sa'(dropout'(dr))
+    forward (norm_first=True):
+        h = x + dropout(sa(norm1(x)))
+        g = h + dropout(ca(norm2(h), memory))
+        y = g + dropout(ff(norm3(g)))
+    backward (norm_first=True):
+        dg = dy + norm3'(ff'(dropout'(dy)))
+        (dn, dmemory) = ca'(dropout'(dg)),   dh = dg + norm2'(dn)
+        dx = dh + norm1'(sa'(dropout'(dh)))       f'(d): f's backward applied to d
 
     sa is causal self-attention with the target padding mask; ca attends from the target to the
     encoder's output `memory`, hiding padded source positions. backward returns (dx, dmemory):

@@ -32,7 +32,13 @@ def dropout_backward(dout, cache):
 
 
 class Dropout(Module):
-    """Dropout with its own Generator (seeded by the model, so runs repeat bit for bit)."""
+    """Dropout with its own Generator (seeded by the model, so runs repeat bit for bit).
+
+    forward:
+        y = x * keep / (1 - p),   keep ~ Bernoulli(1 - p)       the identity at eval or p = 0
+    backward:
+        dx = dy * keep / (1 - p)                                the same mask
+    """
 
     def __init__(self, p: float = 0.0, rng: np.random.Generator | None = None):
         super().__init__()

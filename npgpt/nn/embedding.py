@@ -60,6 +60,11 @@ def sinusoidal_encoding(T: int, d: int, offset: int = 0, dtype="float32") -> np.
 class Embedding(Module):
     """A table of `num_embeddings` vectors of width `embedding_dim`, drawn from N(0, std^2).
 
+    forward:
+        y[b, t] = W[idx[b, t]]                          idx: int (B, T)   W: (V, C)
+    backward:
+        dW[v] += sum of dy[b, t] over the (b, t) with idx[b, t] == v      (ids: no gradient)
+
     Token ids are checked (integer dtype, in [0, num_embeddings)) before the lookup. The
     backward runs the backend's fused scatter-add where it has one (Numba: a loop over the
     rows, where np.add.at is slow), else embedding_backward above.
@@ -92,6 +97,11 @@ class Embedding(Module):
 
 class LearnedPositionalEmbedding(Module):
     """GPT-2's wpe: one learned vector per position 0 .. max_positions-1.
+
+    forward:
+        y[t] = W[offset + t],   t = 0 .. T-1             (T, C): the model adds it to every sequence
+    backward:
+        dW[offset + t] += sum_b dy[b, t]
 
     forward(T, offset=0) returns the rows for positions offset .. offset+T-1: (T, C), which the
     model adds to every sequence of the batch (so the backward sums the batch axis).
@@ -127,6 +137,11 @@ class LearnedPositionalEmbedding(Module):
 
 class SinusoidalPositionalEncoding(Module):
     """The fixed encoding of Vaswani et al. (see sinusoidal_encoding); no parameters.
+
+    forward:
+        y[t] = PE(offset + t),   PE(pos, 2i) = sin(pos / 10000^(2i/d)),   PE(pos, 2i+1) = cos(...)
+    backward:
+        nothing: PE is fixed and the positions are integers
 
     The table is computed once for max_positions and sliced; there is nothing to learn, so the
     backward passes nothing.

@@ -62,6 +62,11 @@ def tied_head_backward(dout, cache, need_dx=True, need_dw=True, dw_out=None):
 class TiedHead(Module):
     """logits = x @ E^T (+ b), E the `embedding`'s table (see tied_head_forward).
 
+    forward:
+        y = x @ E^T + b                             x: (..., C)   E: (V, C)   b: (V,) or none
+    backward:
+        dx = dY @ E,   dE += dY^T @ X,   db += sum_rows(dY)       X, dY: the rows, flattened
+
     `weight` is the embedding's Parameter itself: a model lists it once, under the embedding's
     name (wte.weight, src_embed.weight), and its .grad receives both uses. bias=True adds a
     bias of the head's own, zeros at the start.

@@ -52,7 +52,14 @@ def linear_backward(dout, cache, need_dx=True, need_dw=True, dw_out=None):
 
 
 class Linear(Module):
-    """y = x @ weight + bias; weight (in_features, out_features) drawn from N(0, std^2), bias 0."""
+    """An affine map of the last axis: weight (in_features, out_features) drawn from N(0, std^2),
+    bias 0 (see linear_forward and linear_backward).
+
+    forward:
+        y = x @ W + b                               x: (..., in)   W: (in, out)   b: (out,)
+    backward:
+        dx = dY @ W^T,   dW += X^T @ dY,   db += sum_rows(dY)      X, dY: the rows, flattened
+    """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  dtype="float32", rng: np.random.Generator | None = None, std: float = 0.02):

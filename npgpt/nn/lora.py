@@ -95,9 +95,13 @@ def check_lora_args(alpha, dropout, where: str) -> None:
 
 
 class LoRALinear(Module):
-    """A frozen Linear plus a trainable low-rank update (see lora_forward):
+    """A frozen Linear plus a trainable low-rank update (see lora_forward and lora_backward):
 
-        y = x @ W + b + (alpha / r) * dropout(x) @ A @ B
+    forward:
+        y = x @ W + b + s * dropout(x) @ A @ B,   s = alpha / r
+    backward:
+        dB += s Z^T @ dY,   dA += U^T @ dZ,   dZ = s dY @ B^T       U = dropout(x), Z = U @ A
+        dx = dY @ W^T + dropout'(dZ @ A^T)                          (W, b frozen: no gradient)
 
     A: (in, r) ~ U(-1/sqrt(in), 1/sqrt(in)) (torch's and PEFT's Kaiming-uniform with a = sqrt(5));
     B: (r, out) = 0, so the wrapped layer starts as the Linear it wraps, exactly.

@@ -61,6 +61,13 @@ def cross_entropy_backward(dloss, cache: CrossEntropyCache):
 class CrossEntropyLoss(Module):
     """The Module form of the loss: forward(logits, targets) -> loss; backward(dloss=1.0) -> dlogits.
 
+    forward:
+        log p[i, v] = logits[i, v] - log sum_v exp(logits[i, v])
+        loss_i = (1 - eps) (-log p[i, y_i]) + eps mean_v(-log p[i, v])
+        loss = mean of loss_i over the rows i with y_i != ignore_index
+    backward:
+        dlogits[i] = dloss * (softmax(logits[i]) - q_i) / count,   q_i = (1 - eps) onehot(y_i) + eps / V
+
     Both directions run the backend's fused kernel where it has one (Numba: one pass over the
     logits), else the NumPy functions above; both give the same numbers (tests/kernels).
     """

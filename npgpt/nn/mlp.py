@@ -13,8 +13,11 @@ from .module import Module
 class MLP(Module):
     """Two Linears with a non-linearity between them, applied to each position alone.
 
-        h = act(x @ W_fc + b_fc)        (..., C) -> (..., hidden)     GPT-2: hidden = 4C, GELU
-        y = dropout(h) @ W_proj + b_proj (..., hidden) -> (..., C)
+    forward:
+        h = act(x @ W_fc + b_fc)            (..., C) -> (..., hidden)     GPT-2: hidden = 4C, GELU
+        y = dropout(h) @ W_proj + b_proj    (..., hidden) -> (..., C)
+    backward:
+        dx = c_fc'(act'(drop'(c_proj'(dy))))       f'(d): f's backward applied to d
 
     Names follow GPT-2 (c_fc, c_proj). hidden_dropout is torch.nn.TransformerEncoderLayer's
     dropout between the two Linears (GPT-2 has none: 0).

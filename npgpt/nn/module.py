@@ -17,16 +17,57 @@ never rebound by a layer or an optimizer. One explicit, named step moves them:
 ``p.data`` / ``p.grad`` a view of a slice of it, so that an optimizer updates the whole model in
 one pass. GPT and Transformer take that step at the end of their constructors, before anyone
 can hold an array; after it nothing moves again.
+
+THE one hook point: `observing(observer)`. Module wraps the ``forward`` and ``backward`` that a
+subclass defines, once, when the class is created (``__init_subclass__``), so that every call,
+including a parent's ``self.child.forward(x)``, first reads one module-level slot, `_observer`.
+It is None (the call goes straight to the method: one extra function call, nothing else) except
+inside ``with observing(observer):``, which sets it and always restores the previous value, even
+when the block raises. While set, each call goes through
+
+    observer.call(module, phase, method, args, kwargs)     # phase: "forward" | "backward"
+
+which must call ``method(module, *args, **kwargs)`` once and return its result unchanged. This is
+how npgpt.trace.Tracer sees every module's forward and backward in execution order; nothing is
+patched onto instances, and an observer never changes a number.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections import OrderedDict
 from typing import Iterator
 
 import numpy as np
 
 DTYPES = ("float32", "float64")
+
+_observer = None        # THE hook point (see the module docstring): None, or an observer
+
+
+@contextlib.contextmanager
+def observing(observer):
+    """Route every Module's forward and backward through observer.call(...) inside the block
+    (see the module docstring); the previous observer (usually None) is restored on exit, also
+    when the block raises."""
+    global _observer
+    previous, _observer = _observer, observer
+    try:
+        yield observer
+    finally:
+        _observer = previous
+
+
+def _observable(method, phase: str):
+    """method, calling through the active observer when there is one."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        if _observer is None:
+            return method(self, *args, **kwargs)
+        return _observer.call(self, phase, method, args, kwargs)
+    call.observed_phase = phase
+    return call
 
 
 def as_dtype(dtype) -> np.dtype:
@@ -79,10 +120,18 @@ class Parameter:
 class Module:
     """Base class: registers Parameters and Modules assigned as attributes.
 
-    Subclasses implement ``forward`` and ``backward``. ``training`` is True after construction
+    Subclasses implement ``forward`` and ``backward``; each is wrapped once, at class creation,
+    so that an observer (`observing`) sees its calls. ``training`` is True after construction
     and after ``train()``; ``eval()`` sets it False in this module and every descendant (dropout
     becomes the identity).
     """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for phase in ("forward", "backward"):
+            method = cls.__dict__.get(phase)
+            if callable(method) and getattr(method, "observed_phase", None) is None:
+                setattr(cls, phase, _observable(method, phase))
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())

@@ -57,6 +57,12 @@ def layernorm_backward(dout, cache: LayerNormCache, need_dw: bool = True):
 class LayerNorm(Module):
     """LayerNorm over the last axis of width `n`: weight ones, bias zeros (or no bias).
 
+    forward:
+        y = w * (x - mu) * rstd + b,   mu = mean_C(x),   rstd = 1 / sqrt(var_C(x) + eps)
+    backward:
+        dw += sum_rows(dy * xhat),   db += sum_rows(dy),   xhat = (x - mu) * rstd
+        dx = rstd * (g - mean_C(g) - xhat * mean_C(g * xhat)),   g = dy * w
+
     forward and backward run the backend's fused kernel where it has one (Numba: one pass per
     row), else the NumPy functions above; both give the same numbers (tests/kernels).
     """

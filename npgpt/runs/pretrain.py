@@ -27,6 +27,7 @@ from ..config import GPT_PRESETS, GPTConfig
 from ..models.gpt import GPT
 from ..optim import WarmupCosine
 from ..tokenizers import BPETokenizer, CharTokenizer, tokenizer_from_dict
+from ..trace.health import Health
 from ..trainer import CHECKPOINT_NAME, LOG_NAME, TrainResult
 from .settings import BACKENDS, DTYPES, Checker, setting
 from .skeleton import RunSpec, Session, print_sample, resume_settings
@@ -79,13 +80,16 @@ class PretrainConfig:
     backend: str | None = setting(None, "kernel backend", choices=BACKENDS,
                                   shown="NPGPT_BACKEND or the fastest")
     sample_tokens: int = setting(300, "tokens to sample and print at the end (0: none)")
+    health_every: int = setting(0, "every N steps, log each layer's activation std, gradient norm and "
+                                   "update/weight ratio to log.jsonl, for `npgpt plot` (0: never)")
 
     def __post_init__(self):
         check = Checker(self)
         fail = check.fail
         check.integers("vocab_size", "max_iters", "batch_size", "eval_iters")
         check.integers("n_layer", "n_head", "n_embd", "block_size", unset=_UNSET)
-        check.integers("warmup", "eval_interval", "checkpoint_interval", "seed", "sample_tokens", low=0)
+        check.integers("warmup", "eval_interval", "checkpoint_interval", "seed", "sample_tokens",
+                       "health_every", low=0)
         check.numbers("lr", "min_lr", "weight_decay", "grad_clip")
         if not self.lr > 0:
             fail("lr", "a number > 0")
@@ -110,7 +114,7 @@ class PretrainConfig:
 SPEC = RunSpec(command="npgpt train", section="train",
                # settings a resumed run may change; the rest must match the checkpoint
                resumable=("max_iters", "eval_interval", "checkpoint_interval", "out", "backend",
-                          "sample_tokens"),
+                          "sample_tokens", "health_every"),
                outputs=(CHECKPOINT_NAME, LOG_NAME))
 RESUMABLE_CHANGES = SPEC.resumable
 
@@ -177,7 +181,8 @@ def run(cfg: PretrainConfig, resume: bool = False, progress: bool | None = True,
             model, session.adamw(model), lm_batch_fn(train_ids, cfg.batch_size, mcfg.block_size),
             eval_fn=lm_eval_fn(val_ids, cfg.batch_size, mcfg.block_size, cfg.eval_iters, seed=cfg.seed + 1),
             schedule=WarmupCosine(cfg.lr, cfg.warmup, cfg.max_iters, cfg.min_lr),
-            meta={"tokenizer": tok.to_dict()}, progress=progress, on_step=on_step)
+            meta={"tokenizer": tok.to_dict()}, progress=progress, on_step=on_step,
+            around_step=Health(cfg.health_every) if cfg.health_every else None)
         session.resume(trainer, print_fn)
         print_fn(f"data: {source}, {len(text):,} characters -> {len(ids):,} {cfg.tokenizer} tokens "
                  f"(vocabulary {tok.vocab_size}); {len(train_ids):,} train / {len(val_ids):,} validation")

@@ -1,0 +1,258 @@
+"""What `npgpt trace` traces: its settings (TraceConfig, one flag per field, as `npgpt train`'s)
+and the model, batch and optimizer they describe.
+
+    cfg = TraceConfig(preset="gradcheck", n_embd=16)     # or model="transformer", checkpoint=...
+    trace = run(cfg)                                     # one traced step (npgpt.trace.step)
+
+A new GPT is made as `npgpt train` makes it (the preset, the size flags, a character tokenizer
+of the text) and reads a batch of random windows of the text; a new Transformer has the same
+sizes (d_model = n_embd, n_layer encoder and n_layer decoder layers, d_ff = 4 n_embd, max_len =
+block_size) and reads a batch of the reverse task on random symbol strings. With --checkpoint,
+the model, its tokenizer or vocabulary, and, when the file holds AdamW's state, the optimizer
+continue that run's: the traced step is the run's next one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import checkpoint as ckpt_io
+from .. import kernels
+from ..config import GPT_PRESETS, GPTConfig, TransformerConfig
+from ..data import DIGITS, Seq2SeqVocab, default_corpus, get_batch, load_text, pad_batch
+from ..finetune.init import load_init
+from ..models.gpt import GPT
+from ..models.transformer import Transformer
+from ..optim import AdamW
+from ..runs.settings import BACKENDS, DTYPES, Checker, setting
+from ..tokenizers import CharTokenizer, tokenizer_from_dict
+from .compare import compare_with_torch
+from .step import Trace, trace_step
+
+MODELS = ("gpt", "transformer")
+_PRESET = "the preset's"
+TEXT_PREFIX = 200_000      # characters of the text a batch is drawn from (encoding all of it is slow)
+_OPT = {"lr": 2e-3, "beta1": 0.9, "beta2": 0.99, "weight_decay": 0.1}     # for a new optimizer
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    """Everything `npgpt trace` takes; each field is the flag of the same name (--n-embd)."""
+
+    model: str | None = setting(None, "gpt, or transformer (the encoder-decoder on the reverse task)",
+                                choices=MODELS, shown="gpt, or the checkpoint's")
+    checkpoint: str | None = setting(None, "an npgpt checkpoint, a run folder holding ckpt.safetensors, "
+                                           "or a GPT-2 folder: trace its next step", metavar="PATH",
+                                     shown="a new model")
+    data: str | None = setting(None, "gpt: a UTF-8 text file to take the batch from", metavar="FILE",
+                               shown="the built-in corpus")
+    preset: str = setting("gradcheck", "model preset (GPTConfig.preset); the size flags below override it",
+                          choices=tuple(sorted(GPT_PRESETS)))
+    n_layer: int | None = setting(None, "Transformer blocks (transformer: encoder and decoder layers each)",
+                                  shown=_PRESET)
+    n_head: int | None = setting(None, "attention heads per block", shown=_PRESET)
+    n_embd: int | None = setting(None, "width of the residual stream (transformer: d_model)", shown=_PRESET)
+    block_size: int | None = setting(None, "tokens per sequence (transformer: max_len)", shown=_PRESET)
+    dropout: float | None = setting(None, "dropout probability", shown="the preset's or the checkpoint's")
+    dtype: str | None = setting(None, "the parameters' and activations' dtype", choices=DTYPES,
+                                shown="float32, or the checkpoint's")
+    batch_size: int = setting(2, "sequences in the batch")
+    lr: float | None = setting(None, "AdamW learning rate", shown="2e-3, or the checkpoint's")
+    beta1: float | None = setting(None, "AdamW beta1", shown="0.9, or the checkpoint's")
+    beta2: float | None = setting(None, "AdamW beta2", shown="0.99, or the checkpoint's")
+    weight_decay: float | None = setting(None, "AdamW weight decay (matrices only)",
+                                         shown="0.1, or the checkpoint's")
+    grad_clip: float = setting(1.0, "max global gradient norm (0: no clipping)")
+    seed: int = setting(0, "seed of the initialisation, the batch and dropout")
+    backend: str | None = setting(None, "kernel backend", choices=BACKENDS, shown="NPGPT_BACKEND or the fastest")
+    depth: int | None = setting(None, "tables: show calls nested at most this deep (0: the model's own)",
+                                shown="all")
+    html: str | None = setting(None, "also write the trace as one self-contained HTML page", metavar="FILE",
+                               shown="none")
+    json: str | None = setting(None, "write the trace as JSON to FILE ('-': to stdout, instead of the "
+                                     "tables)", metavar="FILE", shown="none")
+    compare: str | None = setting(None, "run the same step in PyTorch; show every tensor's largest "
+                                        "difference", choices=("torch",), shown="none")
+
+    def __post_init__(self):
+        check = Checker(self)
+        check.integers("n_layer", "n_head", "n_embd", "block_size", unset=_PRESET)
+        check.integers("batch_size")
+        check.integers("seed", low=0)
+        check.integers("depth", low=0, unset="all")
+        check.numbers("grad_clip")
+        for name in ("lr", "weight_decay"):
+            if getattr(self, name) is not None:
+                check.numbers(name)
+        check.fractions("beta1", "beta2", "dropout", unset="the default")
+        check.choices()
+        if self.checkpoint is not None:
+            given = [f"--{k.replace('_', '-')}" for k in ("n_layer", "n_head", "n_embd") if getattr(self, k)]
+            if given:
+                check.fail("checkpoint", f"no size flags with it (the checkpoint has its sizes): drop {given}")
+
+
+@dataclass
+class Subject:
+    """The model, the batch and the optimizer of a trace, and how to describe them."""
+    model: object
+    batch: tuple
+    optimizer: AdamW
+    meta: dict
+
+
+def run(cfg: TraceConfig) -> Trace:
+    """Trace one training step as cfg says (on cfg.backend); with compare="torch", compare it
+    with its PyTorch twin. Dropout is set to 0 for a comparison (torch draws other masks)."""
+    with kernels.backend(cfg.backend or kernels.current_backend()):
+        notes = []
+        if cfg.compare == "torch":
+            cfg = dataclasses.replace(cfg, dropout=0.0)
+            notes.append("dropout set to 0 for --compare torch (PyTorch draws other masks)")
+        subject = prepare(cfg)
+        subject.meta["notes"] = notes + subject.meta.get("notes", [])
+        subject.meta["backend"] = kernels.current_backend()
+        weights, opt_state = subject.model.state_dict(), subject.optimizer.state_dict()
+        trace = trace_step(subject.model, subject.batch, subject.optimizer, grad_clip=cfg.grad_clip,
+                           keep=cfg.compare is not None, meta=subject.meta)
+        if cfg.compare == "torch":
+            compare_with_torch(trace, subject.model, subject.batch, subject.optimizer, weights,
+                               opt_state, cfg.grad_clip)
+    return trace
+
+
+def prepare(cfg: TraceConfig) -> Subject:
+    """The Subject of cfg: a new model, or the checkpoint's (see the module docstring)."""
+    saved = None
+    if cfg.checkpoint is not None:
+        saved = _read_checkpoint(cfg.checkpoint)
+    kind = cfg.model or ("transformer" if saved is not None and saved.meta.get("model") == "Transformer" else "gpt")
+    if saved is not None and (kind == "transformer") != (saved.meta.get("model") == "Transformer"):
+        raise ValueError(f"--model {kind}, but --checkpoint {cfg.checkpoint!r} holds a "
+                         f"{saved.meta.get('model')!r} model: expected them to agree (or drop --model)")
+    if cfg.checkpoint is not None and saved is None and kind == "transformer":
+        raise ValueError(f"--model transformer, but --checkpoint {cfg.checkpoint!r} is not an npgpt "
+                         f"checkpoint (a GPT-2 folder holds a GPT): expected one of `npgpt seq2seq train`")
+    subject = _transformer(cfg, saved) if kind == "transformer" else _gpt(cfg, saved)
+    _configure_optimizer(cfg, subject, saved)
+    subject.meta["dtype"] = str(subject.model.config.dtype)
+    return subject
+
+
+def _read_checkpoint(path):
+    """An npgpt checkpoint (a file, or a run folder's ckpt.safetensors); None for a GPT-2 folder."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"--checkpoint {str(path)!r} does not exist: expected an npgpt checkpoint, "
+                                f"a run folder holding ckpt.safetensors, or a GPT-2 folder")
+    if p.is_dir():
+        if not (p / "ckpt.safetensors").is_file():
+            return None                            # a GPT-2 folder, or an error load_init explains
+        p = p / "ckpt.safetensors"
+    return ckpt_io.load(p)
+
+
+def _gpt(cfg: TraceConfig, saved) -> Subject:
+    """A GPT (new, or the checkpoint's) and a batch of random windows of the text."""
+    if cfg.data is None:
+        text, source = default_corpus(), "the built-in corpus"
+    else:
+        text, source = load_text(cfg.data), repr(cfg.data)
+    if cfg.checkpoint is not None:
+        init = load_init(cfg.checkpoint, dtype=cfg.dtype, dropout=cfg.dropout, seed=cfg.seed,
+                         where=f"--checkpoint {str(cfg.checkpoint)!r}")
+        model, tok, what = init.model, init.tokenizer, init.source
+    else:
+        tok = CharTokenizer.from_text(text)
+        sizes = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout")
+                 if getattr(cfg, k) is not None}
+        model = GPT(GPTConfig.preset(cfg.preset, vocab_size=tok.vocab_size, dtype=cfg.dtype or "float32",
+                                     **sizes), seed=cfg.seed)
+        what = f"a new GPT of preset {cfg.preset!r} (seed {cfg.seed})"
+    mc = model.config
+    T = min(cfg.block_size or mc.block_size, mc.block_size)
+    try:
+        ids = np.asarray(tok.encode(text[:TEXT_PREFIX]), dtype=np.int64)
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"the checkpoint's tokenizer cannot encode {source} ({e}): pass --data, a "
+                         f"text of the checkpoint's characters") from None
+    x, y = get_batch(ids, cfg.batch_size, T, np.random.default_rng(cfg.seed), source)
+    meta = {"description": f"GPT, {mc.n_layer} layers, {mc.n_head} heads, {mc.n_embd} wide, context "
+                           f"{mc.block_size}, vocabulary {mc.vocab_size}: {what}",
+            "data": f"{cfg.batch_size} x {T} tokens, random windows of {source} "
+                    f"({type(tok).__name__}); the targets are the next tokens",
+            "inputs": ["idx", "targets"]}
+    return Subject(model, (x, y), None, meta)
+
+
+def _transformer_config(cfg: TraceConfig, vocab_size: int) -> TransformerConfig:
+    """A new Transformer's config: the sizes of the preset and the flags (module docstring)."""
+    preset = {**{f.name: f.default for f in dataclasses.fields(GPTConfig)}, **GPT_PRESETS[cfg.preset]}
+    size = lambda name: getattr(cfg, name) if getattr(cfg, name) is not None else preset[name]   # noqa: E731
+    return TransformerConfig(src_vocab_size=vocab_size, tgt_vocab_size=vocab_size, d_model=size("n_embd"),
+                             n_head=size("n_head"), n_encoder_layers=size("n_layer"),
+                             n_decoder_layers=size("n_layer"), d_ff=4 * size("n_embd"),
+                             max_len=size("block_size"), dropout=size("dropout"),
+                             dtype=cfg.dtype or "float32")
+
+
+def _transformer(cfg: TraceConfig, saved) -> Subject:
+    """A Transformer (new, or the checkpoint's) and a batch of the reverse task."""
+    if saved is not None:
+        changes = {k: getattr(cfg, k) for k in ("dtype", "dropout") if getattr(cfg, k) is not None}
+        tc = TransformerConfig.from_dict(saved.meta["config"]).replace(**changes)
+        model = Transformer(tc, seed=cfg.seed)
+        model.load_state_dict(saved.model_state)
+        vocab = tokenizer_from_dict(saved.meta["vocab"]) if "vocab" in saved.meta else None
+        what = f"npgpt checkpoint {str(saved.path)!r} (step {saved.meta.get('step')})"
+    else:
+        vocab = Seq2SeqVocab(DIGITS)
+        tc = _transformer_config(cfg, vocab.size)
+        model = Transformer(tc, seed=cfg.seed)
+        what = f"a new Transformer of the sizes of preset {cfg.preset!r} (seed {cfg.seed})"
+    V = min(tc.src_vocab_size, tc.tgt_vocab_size)
+    specials = len(Seq2SeqVocab.SPECIALS)
+    if V <= specials or tc.max_len < 3:
+        raise ValueError(f"the Transformer has {V} token ids and max_len {tc.max_len}: expected more than "
+                         f"{specials} ids and max_len >= 3 to make a reverse-task batch")
+    vocab = vocab if isinstance(vocab, Seq2SeqVocab) else Seq2SeqVocab([chr(65 + i) for i in range(V - specials)])
+    rng = np.random.default_rng(cfg.seed)
+    L = tc.max_len - 1                              # a target and its end-of-sequence token fit
+    pairs = []
+    for _ in range(cfg.batch_size):
+        src = rng.integers(specials, V, size=int(rng.integers(max(1, L // 2), L + 1))).tolist()
+        pairs.append((src, src[::-1]))
+    batch = pad_batch(pairs, vocab, tc.max_len)
+    meta = {"description": f"Transformer, {tc.n_encoder_layers}+{tc.n_decoder_layers} layers, {tc.n_head} "
+                           f"heads, d_model {tc.d_model}, d_ff {tc.d_ff}, "
+                           f"{'pre' if tc.norm_first else 'post'}-LN, vocabulary {V}: {what}",
+            "data": f"{cfg.batch_size} random sources of {L // 2}..{L} symbols and their reverses, padded "
+                    f"to {batch.src.shape[1]} (source) and {batch.tgt_in.shape[1]} (target) positions",
+            "inputs": list(batch._fields)}
+    return Subject(model, tuple(batch), None, meta)
+
+
+def _configure_optimizer(cfg: TraceConfig, subject: Subject, saved) -> None:
+    """AdamW over the model; with a checkpoint of the same model that holds AdamW's state, that
+    state (the traced step is the run's next); the flags given override its hyper-parameters."""
+    model = subject.model
+    opt = AdamW(model.parameters(), lr=_OPT["lr"], betas=(_OPT["beta1"], _OPT["beta2"]),
+                weight_decay=_OPT["weight_decay"])
+    ours = saved is not None and saved.meta.get("model") == type(model).__name__
+    if ours and saved.optimizer_state is not None and saved.meta["optimizer"].get("type") == "AdamW":
+        try:
+            opt.load_state_dict(saved.optimizer_state)
+            subject.meta.setdefault("notes", []).append(
+                f"AdamW state restored from the checkpoint: this is its step {opt.step_count + 1}")
+        except (KeyError, ValueError) as e:
+            subject.meta.setdefault("notes", []).append(f"AdamW state not restored ({e}): a new AdamW")
+    for group in opt.param_groups:
+        b1, b2 = group["betas"]
+        group.update(lr=cfg.lr if cfg.lr is not None else group["lr"],
+                     betas=(cfg.beta1 if cfg.beta1 is not None else b1, cfg.beta2 if cfg.beta2 is not None else b2),
+                     weight_decay=cfg.weight_decay if cfg.weight_decay is not None else group["weight_decay"])
+    subject.optimizer = opt
