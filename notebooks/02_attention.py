@@ -15,6 +15,7 @@
 # `npgpt.kernels.reference` and the layer `npgpt.nn.MultiHeadAttention`.
 
 # %%
+import matplotlib.pyplot as plt
 import numpy as np
 
 import npgpt
@@ -75,6 +76,20 @@ for name, s in [("q.k", raw), ("q.k / sqrt(D)", raw / np.sqrt(D))]:
     print(f"{name:14s} mean largest probability {a.max(axis=1).mean():.3f}   "
           f"mean |Jacobian| {norms[name]:.3f}")
 assert norms["q.k / sqrt(D)"] > 3 * norms["q.k"]
+
+# %% [markdown]
+# One of those rows, drawn: the same 16 scores through the softmax, unscaled and scaled.
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(10, 2.8), sharey=True)
+for ax, (name, s) in zip(axes, [("softmax(q.k): nearly one-hot", raw[0]),
+                                ("softmax(q.k / sqrt(D))", raw[0] / np.sqrt(D))]):
+    ax.bar(range(Tk), nn.softmax_forward(s)[0])
+    ax.set_title(name, fontsize=10)
+    ax.set_xlabel("key")
+axes[0].set_ylabel("attention weight")
+plt.tight_layout()
+plt.show()
 
 # %% [markdown]
 # npgpt's reference kernel is these three lines, with a mask (next section) and a guard for rows
@@ -305,6 +320,32 @@ with np.errstate(invalid="ignore"):
 print("a plain softmax of a row with no visible key:", plain)
 assert np.isfinite(out).all()
 assert (out[1, :, :2] == 0).all() and (cache.att[1, :, :2] == 0).all()
+
+# %% [markdown]
+# The weights of sequence 1, head 0, under the three masks of this notebook (rows: queries,
+# columns: keys; the numbers are the weights, blank where a key is hidden — in the third,
+# queries 0 and 1 see no key at all, the empty rows above):
+
+# %%
+pad_right = np.zeros((B, T), dtype=bool)
+pad_right[1, 3:] = True
+cases = {"causal": dict(causal=True, key_pad=None),
+         "padding (3 real tokens)": dict(causal=False, key_pad=pad_right),
+         "causal + left padding": dict(causal=True, key_pad=key_pad)}
+fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+for ax, (name, kw) in zip(axes, cases.items()):
+    _, c = reference.attention_forward(q, k, v, **kw)
+    hidden = np.broadcast_to(reference.attention_mask(T, T, kw["causal"], kw["key_pad"]), c.att.shape)[1, 0]
+    ax.imshow(np.where(hidden, np.nan, c.att[1, 0]), cmap="viridis", vmin=0, vmax=1)
+    for (i, j), w in np.ndenumerate(c.att[1, 0]):
+        if not hidden[i, j]:
+            ax.text(j, i, f"{w:.2f}", ha="center", va="center", fontsize=8, color="w" if w < 0.6 else "k")
+    ax.set_title(name, fontsize=10)
+    ax.set_xlabel("key")
+    ax.set_ylabel("query")
+plt.tight_layout()
+plt.show()
+
 
 # %% [markdown]
 # ## 6. The gradient check of `MultiHeadAttention`
