@@ -540,3 +540,16 @@ display(Markdown("\n".join(table)))
 print(f"{sum(r['passed'] for r in rows)}/{len(rows)} tensors within tolerance; "
       f"worst {max(r['error'] for r in rows):.1e}")
 assert all(r["passed"] for r in rows), [r for r in rows if not r["passed"]]
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. `npgpt exercise start linear`, then `relu`, `gelu`, `softmax`, `cross_entropy`,
+#    `layernorm`, `dropout`: write each layer's forward and backward yourself; the checker runs
+#    them against the numerical gradient, as this notebook does.
+# 2. Derive the backward of RMSNorm, $y = w \odot x / \sqrt{\operatorname{mean}(x^2) + \epsilon}$
+#    (LayerNorm without the mean), and check it with `check_layer`.
+# 3. In section 4's wrong backward, which upstream gradients besides $\bar y = \mathbf 1$ would
+#    let it pass? (Hint: what must $g = \bar y \odot w$ be orthogonal to?)
+# 4. Check the two-step softmax + log route of section 3 in float32: at what logit scale does it
+#    first produce an `inf`?

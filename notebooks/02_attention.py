@@ -459,3 +459,17 @@ lhs = (da * cache.att).sum(axis=-1)
 rhs = (dout * out).sum(axis=-1)
 print(f"rowsum(da * att) vs rowsum(dout * out): {rel_error(lhs, rhs):.1e}")
 assert rel_error(lhs, rhs) < 1e-13
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. `npgpt exercise start attention`, then `multi_head_attention`: write the kernel and the
+#    layer, masks included; the checker compares them with npgpt's and the numerical gradient.
+# 2. Section 1 measured the variance of $q \cdot k$ for independent entries. Repeat it with
+#    queries and keys taken from a LayerNorm'd random input through random projections of
+#    std 0.02: what scale would the scores have without $1/\sqrt D$?
+# 3. Write the mask of a **sliding window** (each query sees the previous $w$ keys only), pass
+#    it through the online softmax of section 7, and check the result against the reference
+#    with scores set to $-\infty$ outside the window.
+# 4. Show with a small example that PyTorch's `is_causal=True` with $T_q < T_k$ aligns the mask
+#    top-left, and that npgpt's bottom-right alignment is the one a KV cache needs.

@@ -238,3 +238,14 @@ for h, ax in enumerate(axes):
 axes[0].set_ylabel("query (predicting the next character)")
 plt.tight_layout()
 plt.show()
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. `npgpt exercise start block`, then `tied_head`: the pre-LN block and the tied output head
+#    whose two gradients section 1 adds up.
+# 2. Train with `tie_weights=False` and compare the first 50 losses with section 4's: where does
+#    the tied model's head start of section 3 go?
+# 3. Plot the validation loss every 25 steps for learning rates $10^{-3}$, $3 \cdot 10^{-3}$ and
+#    $10^{-2}$. Which one is too large, and how does it show?
+# 4. Draw section 6's maps for block 1 as well. Do its heads look further back than block 0's?

@@ -214,8 +214,9 @@ assert losses["bigram"] < losses["unigram"] < losses["uniform"]
 
 # %% [markdown]
 # The table, for the 28 most frequent characters (row: the previous character, column: the
-# next; brighter is more likely). Read along a row: after a space come letters, after "q" comes
-# "u", after a newline come spaces (indentation).
+# next; brighter is more likely). Read along a row: after a space come letters, after a comma a
+# space, after a newline spaces (indentation), after "*" or "=" another one (the underlines of
+# the documentation's headings).
 
 # %%
 top = np.argsort(-np.bincount(train_ids, minlength=V))[:28]

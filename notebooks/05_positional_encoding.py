@@ -75,8 +75,9 @@ assert err > 0.01
 # $$
 #
 # $d/2$ sine–cosine pairs whose frequencies fall geometrically from $\omega_0 = 1$ (a period of
-# $2\pi \approx 6.3$ positions) to $\omega_{d/2-1} \approx 10^{-4}$ (a period of about 63,000
-# positions). Like the digits of a number written in a base, the fast pairs tell neighbours
+# $2\pi \approx 6.3$ positions) to $\omega_{d/2-1} = 10000^{-(d-2)/d}$, just above $10^{-4}$ (a
+# period approaching $2\pi \cdot 10^4 \approx 63{,}000$ positions as $d$ grows; 47,000 for
+# $d = 64$). Like the digits of a number written in a base, the fast pairs tell neighbours
 # apart and the slow ones tell far-apart regions apart. npgpt's `sinusoidal_encoding`:
 
 # %%
@@ -148,9 +149,9 @@ assert np.allclose((PE ** 2).sum(axis=1), d / 2)
 # $$
 #
 # a function of $p - q$ alone: the matrix of all dot products is constant along its diagonals
-# (Toeplitz). It is largest at offset 0 ($= d/2$) and falls off with distance, so nearby
-# positions look alike — and it is even in $p - q$: dot products alone cannot tell "3 before"
-# from "3 after" (the rotation of section 3 can).
+# (Toeplitz). It is largest at offset 0 ($= d/2$) and falls off, though not monotonically, with
+# distance, so nearby positions look alike — and it is even in $p - q$: dot products alone
+# cannot tell "3 before" from "3 after" (the rotation of section 3 can).
 
 # %%
 G = PE @ PE.T                                              # (T, T): PE(p) . PE(q)
@@ -229,8 +230,9 @@ print("sinusoidal, positions 1000..1002, first 4 dims:\n", nn.sinusoidal_encodin
 # P(\text{pos}) = \sin\!\Bigl(\frac{\text{pos}}{10000^{\,2 - \lfloor \text{pos} / 10000 \rfloor}}\Bigr) ,
 # $$
 #
-# a garbled copy of the formula of section 2 (the dimension index $2i/d$ has become
-# $2 - \lfloor \text{pos}/10000 \rfloor$), which has been widely repeated. Read it literally:
+# which looks like a garbled copy of the formula of section 2 (where the dimension index
+# $2i/d$ stood, there is now $2 - \lfloor \text{pos}/10000 \rfloor$), and has been widely
+# repeated. Read it literally:
 #
 # * it has no dimension index, so it is **one number per position**, the same in every
 #   dimension of the vector it is added to;

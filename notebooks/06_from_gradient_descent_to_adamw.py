@@ -307,9 +307,9 @@ if torch is not None:
             opt.step()
         return [t.detach().numpy() for t in ts]
 
+    sgd = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)
     pairs = {
-        "SGD momentum, nesterov, wd": (ours(lambda ps: SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
-                                       theirs(lambda ts: torch.optim.SGD(ts, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01))),
+        "SGD momentum, nesterov, wd": (ours(lambda ps: SGD(ps, **sgd)), theirs(lambda ts: torch.optim.SGD(ts, **sgd))),
         "AdamW": (ours(lambda ps: AdamW(ps, lr=0.01, betas=(0.9, 0.95), weight_decay=0.1)),
                   theirs(lambda ts: torch.optim.AdamW(ts, lr=0.01, betas=(0.9, 0.95), weight_decay=0.1))),
         "Adam + L2": (ours(lambda ps: AdamW(ps, lr=0.01, weight_decay=0.0), l2=0.1),
@@ -338,19 +338,19 @@ else:
 #   $t = W$, where the two branches meet, then decaying as $1/\sqrt t$.
 
 # %%
-cosine = WarmupCosine(max_lr=6e-4, warmup_steps=200, total_steps=2000, min_lr=6e-5)
-noam = Noam(d_model=512, warmup_steps=4000, factor=1.0)
+sched_cosine = WarmupCosine(max_lr=6e-4, warmup_steps=200, total_steps=2000, min_lr=6e-5)
+sched_noam = Noam(d_model=512, warmup_steps=4000, factor=1.0)
 t = np.arange(1, 2001)
 
-assert math.isclose(cosine(200), 6e-4) and math.isclose(cosine(2000), 6e-5)
-assert math.isclose(cosine(1100), (6e-4 + 6e-5) / 2)                   # halfway down the cosine
-assert math.isclose(cosine(1), 6e-4 / 200)
-noam_t = np.array([noam(int(s)) for s in range(1, 20001)])
+assert math.isclose(sched_cosine(200), 6e-4) and math.isclose(sched_cosine(2000), 6e-5)
+assert math.isclose(sched_cosine(1100), (6e-4 + 6e-5) / 2)             # halfway down the cosine
+assert math.isclose(sched_cosine(1), 6e-4 / 200)
+noam_t = np.array([sched_noam(int(s)) for s in range(1, 20001)])
 assert int(np.argmax(noam_t)) + 1 == 4000 and math.isclose(noam_t.max(), (512 * 4000) ** -0.5)
-assert math.isclose(noam(16000) / noam(4000), 0.5)                      # 1/sqrt(t): 4x the steps, half the rate
+assert math.isclose(sched_noam(16000) / sched_noam(4000), 0.5)          # 1/sqrt(t): 4x the steps, half the rate
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
-axes[0].plot(t, [cosine(int(s)) for s in t])
+axes[0].plot(t, [sched_cosine(int(s)) for s in t])
 axes[0].axvline(200, color="gray", ls=":")
 axes[0].set_title("WarmupCosine(6e-4, warmup 200, total 2000, min 6e-5)", fontsize=10)
 axes[1].plot(np.arange(1, 20001), noam_t)

@@ -10,8 +10,12 @@
 #
 # $$
 # \begin{aligned}
-# x &= E_{\text{src}}[\text{src}] \sqrt d + PE, & \text{memory} &= \operatorname{LN}\bigl(\operatorname{enc}_N \circ \cdots \circ \operatorname{enc}_1 (x)\bigr) \quad (B, S, d)\\
-# y &= E_{\text{tgt}}[\text{tgt}_{\text{in}}] \sqrt d + PE, & \text{logits} &= \operatorname{LN}\bigl(\operatorname{dec}_N \circ \cdots \circ \operatorname{dec}_1 (y, \text{memory})\bigr)\, W_{\text{gen}} + b \quad (B, T, V)
+# x &= E_{\text{src}}[\text{src}] \sqrt d + PE, &
+# \text{memory} &= \operatorname{LN}\bigl(\operatorname{enc}_N \circ \cdots \circ \operatorname{enc}_1 (x)\bigr)
+# \quad (B, S, d)\\
+# y &= E_{\text{tgt}}[\text{tgt}_{\text{in}}] \sqrt d + PE, &
+# \text{logits} &= \operatorname{LN}\bigl(\operatorname{dec}_N \circ \cdots \circ \operatorname{dec}_1
+# (y, \text{memory})\bigr)\, W_{\text{gen}} + b \quad (B, T, V)
 # \end{aligned}
 # $$
 #
@@ -312,7 +316,8 @@ for eps in (0.0, 0.1, 0.2):
         m_star = math.log(1 + V * (1 - eps) / eps)
         entropy = float(-(q * np.log(q)).sum())
         best = margins[np.argmin(curves[eps])]
-        print(f"eps {eps}: minimum at m = {best:.2f} (m* = {m_star:.3f}); min loss {curves[eps].min():.5f} (H(q) = {entropy:.5f})")
+        print(f"eps {eps}: minimum at m = {best:.2f} (m* = {m_star:.3f}); "
+              f"min loss {curves[eps].min():.5f} (H(q) = {entropy:.5f})")
         assert abs(best - m_star) <= 0.01 and abs(curves[eps].min() - entropy) < 1e-5
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))

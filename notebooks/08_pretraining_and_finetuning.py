@@ -130,8 +130,9 @@ assert np.allclose(logits, clf.head.forward(h[np.arange(len(idx)), last]))
 
 more_idx = np.concatenate([idx, rng.integers(0, tok.vocab_size, size=(6, 9))], axis=1)
 more_pad = np.concatenate([pad, np.ones((6, 9), dtype=bool)], axis=1)
-print(f"logits with 9 more padded positions vs without: {rel_error(clf.forward(more_idx, pad=more_pad)[0], logits):.1e}")
-assert rel_error(clf.forward(more_idx, pad=more_pad)[0], logits) < 1e-6       # padding is invisible
+err = rel_error(clf.forward(more_idx, pad=more_pad)[0], logits)
+print(f"logits with 9 more padded positions vs without: {err:.1e}")
+assert err < 1e-6                                                   # padding is invisible
 
 small = GPTClassifier(GPT(GPTConfig.preset("gradcheck"), seed=0), n_classes=3)   # float64, tiny
 ids = rng.integers(0, 11, size=(3, 6))
@@ -219,7 +220,8 @@ assert all(not np.array_equal(before[n], p.data) for n, p in clf.named_parameter
 # correction beside it:
 #
 # $$
-# y = x W + b + \frac{\alpha}{r}\, x A B, \qquad A: (\text{in}, r), \quad B: (r, \text{out}), \quad r \ll \min(\text{in}, \text{out}) .
+# y = x W + b + \frac{\alpha}{r}\, x A B, \qquad A: (\text{in}, r), \quad B: (r, \text{out}),
+# \quad r \ll \min(\text{in}, \text{out}) .
 # $$
 #
 # * **Parameters**: $r(\text{in} + \text{out})$ per matrix instead of $\text{in} \cdot \text{out}$.
