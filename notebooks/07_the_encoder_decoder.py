@@ -379,7 +379,7 @@ assert np.mean(losses[-50:]) < 0.8 and accuracy > 0.8
 floor = float(-(q * np.log(q)).sum())
 fig, ax = plt.subplots(figsize=(7, 3.2))
 ax.plot(losses, lw=0.8, alpha=0.5, label="loss per step")
-ax.plot(np.convolve(losses, np.ones(25) / 25, mode="valid"), label="mean of 25 steps")
+ax.plot(np.arange(25, len(losses) + 1), np.convolve(losses, np.ones(25) / 25, mode="valid"), label="mean of 25 steps")
 ax.axhline(floor, color="C3", ls=":", label=f"label-smoothing floor H(q) = {floor:.2f}")
 ax.set_xlabel("step")
 ax.set_ylabel("smoothed cross-entropy")
