@@ -13,6 +13,7 @@
 # The test suite runs this notebook from top to bottom; every `assert` below is a test.
 
 # %%
+import matplotlib.pyplot as plt
 import numpy as np
 
 import npgpt
@@ -354,6 +355,42 @@ if torch is not None:
 
 
 # %% [markdown]
+# **What LayerNorm does to one coordinate.** Fix the other $C - 1$ entries of a row and move
+# $x_0$: the normalised $\hat x_0$ is a bounded, sigmoid-like function of it. Its bound follows
+# from $\sum_i \hat x_i = 0$ and $\sum_i \hat x_i^2 = C$ (up to $\epsilon$): the largest one
+# entry can be is $\sqrt{C - 1}$, reached when all the others are equal. Its slope
+# $\partial \hat x_0 / \partial x_0 = r\,(1 - \tfrac1C - \tfrac{\hat x_0^2}{C})$ — the
+# diagonal of the Jacobian above — is what `layernorm_backward` returns for an upstream gradient
+# $\bar y = e_0$ (with $w = 1$, $b = 0$); it vanishes where $\hat x_0$ saturates.
+
+# %%
+C = 8
+others = rng.standard_normal(C - 1)
+grid = np.linspace(-12, 12, 241)
+rows = np.column_stack([grid, np.tile(others, (len(grid), 1))])       # (241, C): x_0 varies
+y, cache = nn.layernorm_forward(rows, np.ones(C), np.zeros(C))
+e0 = np.zeros_like(rows)
+e0[:, 0] = 1.0
+slope = nn.layernorm_backward(e0, cache)[0][:, 0]                      # d y_0 / d x_0, row by row
+assert np.abs(y).max() <= np.sqrt(C - 1)
+assert np.allclose(slope[1:-1], (y[2:, 0] - y[:-2, 0]) / (grid[2:] - grid[:-2]), atol=2e-3)
+
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+axes[0].plot(grid, y[:, 0], label="y_0 = LN(x)_0")
+for sign in (1, -1):
+    axes[0].axhline(sign * np.sqrt(C - 1), color="gray", ls=":", label="±sqrt(C - 1)" if sign > 0 else None)
+axes[0].set_xlabel("x_0 (the other 7 entries fixed)")
+axes[0].legend(fontsize=8)
+axes[1].plot(grid, slope, color="C1")
+axes[1].set_xlabel("x_0")
+axes[1].set_title("d y_0 / d x_0 from layernorm_backward", fontsize=10)
+for ax in axes:
+    ax.grid(alpha=0.3)
+plt.tight_layout()
+plt.show()
+
+
+# %% [markdown]
 # ### Why the upstream gradient must be random
 #
 # It is tempting to check a layer with $\bar y = \mathbf 1$ (that is, $\ell = \sum y$). For a
@@ -446,6 +483,40 @@ if torch is not None:
     assert rel_error(dx, tdx) < 1e-12
 
 # %% [markdown]
+# The three activations npgpt offers, and their slopes as the backward functions return them
+# (with an upstream gradient of ones: the Jacobian is diagonal, so that is the slope itself).
+# GELU is a smooth ReLU that lets a little negative signal through: it has its minimum at
+# $x \approx -0.75$ (its slope crosses 0 there and is negative to the left), and its slope
+# overshoots 1 around $x \approx 1.4$. The tanh form is indistinguishable at this scale.
+
+# %%
+grid = np.linspace(-4, 4, 801)
+ones = np.ones_like(grid)
+curves = {}
+for name, (forward, backward) in {"ReLU": (nn.relu_forward, nn.relu_backward),
+                                  "GELU (exact)": (nn.gelu_forward, nn.gelu_backward),
+                                  "GELU (tanh)": (nn.gelu_tanh_forward, nn.gelu_tanh_backward)}.items():
+    y, cache = forward(grid)
+    curves[name] = (y, backward(ones, cache))
+    smooth = np.abs(grid[1:-1]) > 0.01                               # away from ReLU's kink
+    finite = (y[2:] - y[:-2]) / (grid[2:] - grid[:-2])
+    assert np.allclose(curves[name][1][1:-1][smooth], finite[smooth], atol=1e-4), name
+
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+for (name, (y, dy)), style in zip(curves.items(), ["-", "-", "--"]):
+    axes[0].plot(grid, y, style, label=name)
+    axes[1].plot(grid, dy, style, label=name)
+axes[0].set_title("activation", fontsize=10)
+axes[1].set_title("slope, from the backward", fontsize=10)
+for ax in axes:
+    ax.set_xlabel("x")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+plt.tight_layout()
+plt.show()
+
+
+# %% [markdown]
 # ## 6. Every layer of npgpt, checked
 #
 # `npgpt.gradcheck.check_all()` runs the same check on every Module of `npgpt.nn` — the four
@@ -469,3 +540,16 @@ display(Markdown("\n".join(table)))
 print(f"{sum(r['passed'] for r in rows)}/{len(rows)} tensors within tolerance; "
       f"worst {max(r['error'] for r in rows):.1e}")
 assert all(r["passed"] for r in rows), [r for r in rows if not r["passed"]]
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. `npgpt exercise start linear`, then `relu`, `gelu`, `softmax`, `cross_entropy`,
+#    `layernorm`, `dropout`: write each layer's forward and backward yourself; the checker runs
+#    them against the numerical gradient, as this notebook does.
+# 2. Derive the backward of RMSNorm, $y = w \odot x / \sqrt{\operatorname{mean}(x^2) + \epsilon}$
+#    (LayerNorm without the mean), and check it with `check_layer`.
+# 3. In section 4's wrong backward, which upstream gradients besides $\bar y = \mathbf 1$ would
+#    let it pass? (Hint: what must $g = \bar y \odot w$ be orthogonal to?)
+# 4. Check the two-step softmax + log route of section 3 in float32: at what logit scale does it
+#    first produce an `inf`?

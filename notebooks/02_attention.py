@@ -15,6 +15,7 @@
 # `npgpt.kernels.reference` and the layer `npgpt.nn.MultiHeadAttention`.
 
 # %%
+import matplotlib.pyplot as plt
 import numpy as np
 
 import npgpt
@@ -75,6 +76,20 @@ for name, s in [("q.k", raw), ("q.k / sqrt(D)", raw / np.sqrt(D))]:
     print(f"{name:14s} mean largest probability {a.max(axis=1).mean():.3f}   "
           f"mean |Jacobian| {norms[name]:.3f}")
 assert norms["q.k / sqrt(D)"] > 3 * norms["q.k"]
+
+# %% [markdown]
+# One of those rows, drawn: the same 16 scores through the softmax, unscaled and scaled.
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(10, 2.8), sharey=True)
+for ax, (name, s) in zip(axes, [("softmax(q.k): nearly one-hot", raw[0]),
+                                ("softmax(q.k / sqrt(D))", raw[0] / np.sqrt(D))]):
+    ax.bar(range(Tk), nn.softmax_forward(s)[0])
+    ax.set_title(name, fontsize=10)
+    ax.set_xlabel("key")
+axes[0].set_ylabel("attention weight")
+plt.tight_layout()
+plt.show()
 
 # %% [markdown]
 # npgpt's reference kernel is these three lines, with a mask (next section) and a guard for rows
@@ -307,6 +322,32 @@ assert np.isfinite(out).all()
 assert (out[1, :, :2] == 0).all() and (cache.att[1, :, :2] == 0).all()
 
 # %% [markdown]
+# The weights of sequence 1, head 0, under the three masks of this notebook (rows: queries,
+# columns: keys; the numbers are the weights, blank where a key is hidden — in the third,
+# queries 0 and 1 see no key at all, the empty rows above):
+
+# %%
+pad_right = np.zeros((B, T), dtype=bool)
+pad_right[1, 3:] = True
+cases = {"causal": dict(causal=True, key_pad=None),
+         "padding (3 real tokens)": dict(causal=False, key_pad=pad_right),
+         "causal + left padding": dict(causal=True, key_pad=key_pad)}
+fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+for ax, (name, kw) in zip(axes, cases.items()):
+    _, c = reference.attention_forward(q, k, v, **kw)
+    hidden = np.broadcast_to(reference.attention_mask(T, T, kw["causal"], kw["key_pad"]), c.att.shape)[1, 0]
+    ax.imshow(np.where(hidden, np.nan, c.att[1, 0]), cmap="viridis", vmin=0, vmax=1)
+    for (i, j), w in np.ndenumerate(c.att[1, 0]):
+        if not hidden[i, j]:
+            ax.text(j, i, f"{w:.2f}", ha="center", va="center", fontsize=8, color="w" if w < 0.6 else "k")
+    ax.set_title(name, fontsize=10)
+    ax.set_xlabel("key")
+    ax.set_ylabel("query")
+plt.tight_layout()
+plt.show()
+
+
+# %% [markdown]
 # ## 6. The gradient check of `MultiHeadAttention`
 #
 # The whole layer — $c_{\text{attn}}$, split, the attention kernel, merge, $c_{\text{proj}}$ —
@@ -418,3 +459,17 @@ lhs = (da * cache.att).sum(axis=-1)
 rhs = (dout * out).sum(axis=-1)
 print(f"rowsum(da * att) vs rowsum(dout * out): {rel_error(lhs, rhs):.1e}")
 assert rel_error(lhs, rhs) < 1e-13
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. `npgpt exercise start attention`, then `multi_head_attention`: write the kernel and the
+#    layer, masks included; the checker compares them with npgpt's and the numerical gradient.
+# 2. Section 1 measured the variance of $q \cdot k$ for independent entries. Repeat it with
+#    queries and keys taken from a LayerNorm'd random input through random projections of
+#    std 0.02: what scale would the scores have without $1/\sqrt D$?
+# 3. Write the mask of a **sliding window** (each query sees the previous $w$ keys only), pass
+#    it through the online softmax of section 7, and check the result against the reference
+#    with scores set to $-\infty$ outside the window.
+# 4. Show with a small example that PyTorch's `is_causal=True` with $T_q < T_k$ aligns the mask
+#    top-left, and that npgpt's bottom-right alignment is the one a KV cache needs.

@@ -11,12 +11,14 @@
 import math
 import time
 
+import matplotlib.pyplot as plt
 import numpy as np
 
 import npgpt
-from npgpt import GPT, GPTConfig
+from npgpt import GPT, GPTConfig, nn
 from npgpt.data import default_corpus, get_batch, split
 from npgpt.gradcheck import numerical_gradient, rel_error
+from npgpt.kernels import reference
 from npgpt.optim import AdamW, clip_grad_norm
 from npgpt.tokenizers import CharTokenizer
 
@@ -173,6 +175,18 @@ print(f"validation loss: {val_before:.3f} before, {val_after:.3f} after")
 assert np.mean(losses[-20:]) < losses[0] - 1.0
 assert val_after < val_before - 1.0
 
+# %%
+fig, ax = plt.subplots(figsize=(7, 3.2))
+ax.plot(range(1, len(losses) + 1), losses, lw=0.8, alpha=0.6, label="training batch")
+ax.plot(np.arange(25, len(losses) + 1), np.convolve(losses, np.ones(25) / 25, mode="valid"), label="mean of 25 steps")
+ax.plot([0, len(losses)], [val_before, val_after], "o", color="C3", label="validation")
+ax.axhline(log_V, color="gray", ls="--", label="log V")
+ax.set_xlabel("step")
+ax.set_ylabel("cross-entropy (nats/char)")
+ax.legend()
+ax.grid(alpha=0.3)
+plt.show()
+
 # %% [markdown]
 # ## 5. Sampling
 #
@@ -190,3 +204,48 @@ cached = model.generate(prompt, max_new_tokens=120, temperature=0.8, top_k=10, s
 recomputed = model.generate(prompt, max_new_tokens=120, temperature=0.8, top_k=10, seed=0, use_cache=False)
 print(tokenizer.decode(cached))
 assert np.array_equal(cached, recomputed)
+
+# %% [markdown]
+# ## 6. What the heads look at
+#
+# The attention weights of the first block, for a line of the validation text. They are
+# recomputed here from the block's own parts — the embeddings, `ln_1`, the projection `c_attn`
+# split into heads, the reference kernel — and the recomputation is checked against the
+# attention layer's output before it is drawn. After only 300 steps the heads already differ:
+# one spreads its weight over the recent characters, others pick out particular earlier ones
+# (the previous character, a full stop) — the beginnings of the statistics that notebook 04
+# counted with a bigram table.
+
+# %%
+line = tokenizer.decode(val_ids[1000:1032])
+idx = np.array([tokenizer.encode(line)])
+T = idx.shape[1]
+block = model.h[0]
+x0 = model.wte.forward(idx) + model.wpe.forward(T)                  # (1, T, C)
+a = block.ln_1.forward(x0)
+q, k, v = np.split(block.attn.c_attn.forward(a), 3, axis=-1)
+q, k, v = (nn.split_heads(t, cfg.n_head) for t in (q, k, v))       # (1, H, T, D)
+out, cache = reference.attention_forward(q, k, v, causal=True)
+assert rel_error(block.attn.c_proj.forward(nn.merge_heads(out)), block.attn.forward(a)) < 1e-5
+
+labels = [{" ": "␣", "\n": "⏎"}.get(c, c) for c in line]
+fig, axes = plt.subplots(1, cfg.n_head, figsize=(14, 3.9))
+for h, ax in enumerate(axes):
+    ax.imshow(cache.att[0, h], cmap="viridis")
+    ax.set_xticks(range(T), labels, fontsize=6)
+    ax.set_yticks(range(T), labels, fontsize=6)
+    ax.set_title(f"block 0, head {h}", fontsize=10)
+axes[0].set_ylabel("query (predicting the next character)")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. `npgpt exercise start residual`, then `tied_head`: the pre-LN block and the tied output head
+#    whose two gradients section 1 adds up.
+# 2. Train with `tie_weights=False` and compare the first 50 losses with section 4's: where does
+#    the tied model's head start of section 3 go?
+# 3. Plot the validation loss every 25 steps for learning rates $10^{-3}$, $3 \cdot 10^{-3}$ and
+#    $10^{-2}$. Which one is too large, and how does it show?
+# 4. Draw section 6's maps for block 1 as well. Do its heads look further back than block 0's?

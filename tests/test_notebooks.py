@@ -10,7 +10,9 @@ outputs. Here:
   and one BLAS thread. A cell that raises fails the test with that cell's traceback; the
   notebooks' own `assert` cells are the checks;
 - each stored .ipynb holds exactly its source's cells (types and sources, read through jupytext),
-  executed in order and without an error, so editing one without the other fails here.
+  executed in order and without an error, so editing one without the other fails here; and it
+  holds at least one figure (an image/png output), so it reads with its pictures on a code host;
+- notebooks/README.md links every notebook, in the reading order of their numbers.
 
 The kernel is started from a kernelspec written for the run (argv = this interpreter), so the test
 needs only what `pip install ".[test]"` installs (jupytext, nbformat, nbclient, ipykernel), not a
@@ -29,6 +31,7 @@ pytest.importorskip("jupytext")
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
+pytest.importorskip("matplotlib")         # every notebook draws (the test extra installs it)
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -50,11 +53,23 @@ def _cells(nb) -> list[tuple[str, str]]:
 
 
 def test_there_are_notebooks_each_with_its_source():
-    assert [p.name for p in SOURCES] == ["01_backprop_by_hand.py", "02_attention.py",
-                                         "03_training_a_gpt.py"]
+    assert [p.name for p in SOURCES] == [
+        "01_backprop_by_hand.py", "02_attention.py", "03_training_a_gpt.py",
+        "04_tokens_and_language_models.py", "05_positional_encoding.py",
+        "06_from_gradient_descent_to_adamw.py", "07_the_encoder_decoder.py",
+        "08_pretraining_and_finetuning.py", "09_from_numpy_to_numba.py"]
     stored = sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb"))
     assert stored == [p.with_suffix(".ipynb").name for p in SOURCES], \
         "every notebook has a source NN_name.py and every source its NN_name.ipynb"
+
+
+def test_readme_gives_the_reading_order():
+    """notebooks/README.md links every notebook, in the order of their numbers."""
+    readme = (NOTEBOOK_DIR / "README.md").read_text(encoding="utf-8")
+    missing = [p.stem for p in SOURCES if f"({p.stem}.ipynb)" not in readme]
+    assert not missing, f"notebooks/README.md does not link {missing}"
+    positions = [readme.index(f"({p.stem}.ipynb)") for p in SOURCES]
+    assert positions == sorted(positions), "notebooks/README.md lists the notebooks out of order"
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
@@ -82,3 +97,5 @@ def test_stored_notebook_is_its_source_executed(source):
         f"{path.name} is stored with an error output"
     assert any(line.lstrip().startswith("assert ") for c in code for line in c.source.splitlines()), \
         f"{path.name} has no assert cell"
+    assert any("image/png" in o.get("data", {}) for c in code for o in c.outputs), \
+        f"{path.name} is stored without a figure (an image/png output): every notebook draws"
