@@ -180,7 +180,8 @@ SPEC = RunSpec(command="npgpt finetune", section="finetune",
                resumable=("max_iters", "eval_interval", "checkpoint_interval", "out", "backend",
                           "sample_tokens", "merge"),
                outputs=(CHECKPOINT_NAME, LOG_NAME, *list(OUTPUTS.values())[1:]),
-               kept=tuple(OUTPUTS.values()))
+               kept=tuple(OUTPUTS.values()), paths=("init", "data", "test_data"),
+               hashed=("data", "test_data"))
 RESUMABLE_CHANGES = SPEC.resumable
 
 
