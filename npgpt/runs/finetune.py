@@ -199,8 +199,13 @@ class FinetuneResult:
 
     @property
     def interrupted(self) -> bool:
-        """Stopped by Ctrl-C (a checkpoint saved)."""
+        """Stopped by Ctrl-C or SIGTERM (a checkpoint saved)."""
         return self.train.interrupted
+
+    @property
+    def signal(self) -> int | None:
+        """The signal that stopped it, if one did."""
+        return self.train.signal
 
 
 def run(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = True,

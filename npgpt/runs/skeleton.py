@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -182,9 +183,10 @@ class Session:
         return True
 
     def report_interrupted(self, result: TrainResult, print_fn: Callable = print) -> bool:
-        """A run stopped by Ctrl-C: say where its checkpoint is and how to continue it."""
+        """A run stopped by Ctrl-C or SIGTERM: say so, where its checkpoint is and how to continue."""
         if result.interrupted:
-            print_fn(f"interrupted at step {result.step}: checkpoint saved to {result.checkpoint}; "
+            by = f" by {signal.Signals(result.signal).name}" if result.signal else ""
+            print_fn(f"interrupted{by} at step {result.step}: checkpoint saved to {result.checkpoint}; "
                      f"continue with: {self.spec.command} --resume --out {self.cfg.out}")
         return result.interrupted
 
