@@ -22,7 +22,9 @@ import difflib
 import sys
 import warnings
 
-from .. import __version__, kernels
+import npgpt
+
+from .. import kernels
 
 
 class Parser(argparse.ArgumentParser):
@@ -46,7 +48,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_version(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {npgpt.__version__}")
 
 
 def help_when_bare(parser: argparse.ArgumentParser) -> None:

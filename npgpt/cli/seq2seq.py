@@ -67,7 +67,7 @@ def _add_translate(sub) -> None:
                    help="print each output's score (length-normalised log-probability) after a tab")
     p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="compute in this dtype (default: the checkpoint's)")
-    p.add_argument("--backend", default=None, metavar="{" + ",".join(BACKENDS) + "}",
+    p.add_argument("--backend", default=None, choices=BACKENDS,
                    help="kernel backend (default: NPGPT_BACKEND or the fastest)")
     p.set_defaults(run=run_translate)
 
