@@ -131,8 +131,8 @@ class Session:
         there = [name for name in spec.kept if (self.out / name).exists()]
         if there:
             raise FileExistsError(f"--out {str(self.out)!r} already holds {there} of an earlier run: "
-                                  f"pass --resume to continue it, or another --out (nothing was "
-                                  f"overwritten)")
+                                  f"pass --resume to continue it (in Python: run(cfg, resume=True)), "
+                                  f"or another --out (nothing was overwritten)")
 
     def use_data(self, source: str, sha256: str, **facts) -> None:
         """Record what the run trains on (for the checkpoint's meta); on --resume, data whose
