@@ -171,9 +171,10 @@ class FinetuneConfig:
             check.fail("reinit", "unset with --init none (its weights are random already)")
         only = {"lm": ("classify", ("test_data", "aux_lm_weight", "text_field", "label_field",
                                     "test_fraction", "data_seed")),
-                "classify": ("lm", ("val_fraction", "eval_iters"))}
+                "classify": ("lm", ("val_fraction",))}
         other, names = only[self.task]
-        for name in names:          # a setting of the other task is an error, not silently ignored
+        for name in names:    # the other task's data settings: an error, not silently ignored
+            # (--eval-iters and --sample-tokens, amounts of lm's work, are free to pass along)
             if getattr(self, name) != _DEFAULTS[name]:
                 check.fail(name, f"unset for --task {self.task} (it is a setting of --task {other})")
         if self.merge and not self.lora_rank:
