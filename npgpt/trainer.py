@@ -128,7 +128,7 @@ class RunLog:
         if not self.path.exists():
             return
         kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= last_step]
+                if _whole(line) and json.loads(line).get("step", 0) <= last_step]
         write_atomic(self.path, "".join(line + "\n" for line in kept).encode())
 
     def record(self, rec: dict) -> None:
@@ -159,6 +159,14 @@ class RunLog:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _whole(line: str) -> bool:
+    """A complete JSON record (not the line a crash or a full disk cut short)."""
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 def read_log(path) -> list[dict]:
