@@ -52,8 +52,13 @@ def add_version(parser: argparse.ArgumentParser) -> None:
 
 
 def help_when_bare(parser: argparse.ArgumentParser) -> None:
-    """Running the command without a subcommand prints its help (exit 0)."""
-    parser.set_defaults(run=lambda args: parser.print_help() or 0)
+    """Running the command without a subcommand prints its help (exit 0), whatever NPGPT_BACKEND
+    holds."""
+    def show_help(args) -> int:
+        parser.print_help()
+        return 0
+    show_help.needs_backend = False
+    parser.set_defaults(run=show_help)
 
 
 def run_command(args) -> int:
@@ -61,7 +66,8 @@ def run_command(args) -> int:
     each, Ctrl-C outside a training loop exits 130."""
     prog = args.command_prog
     try:
-        kernels.current_backend()           # resolves NPGPT_BACKEND: an error names it
+        if getattr(args.run, "needs_backend", True):
+            kernels.current_backend()       # resolves NPGPT_BACKEND: an error names it
     except (ValueError, RuntimeError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
