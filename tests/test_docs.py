@@ -126,7 +126,9 @@ def make_shims(folder: Path) -> None:
                      "from npgpt.cli import main\n"
                      "sys.exit(main(shorten(sys.argv[1:])))\n")
     npgpt.chmod(0o755)
-    (folder / "python").symlink_to(sys.executable)
+    python = folder / "python"          # exec, not a symlink: a venv is found from the path it runs as
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
 
 
 def run_block(runner: str, code: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
