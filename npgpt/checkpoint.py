@@ -279,9 +279,13 @@ def load_gpt2(folder, dtype: str = "float32") -> GPT:
 def save_gpt2(model: GPT, folder, tokenizer=None) -> Path:
     """Write model as a Hugging Face GPT-2 folder (config.json + model.safetensors in
     save_pretrained's layout; vocab.json + merges.txt if a BPETokenizer is given), loadable by
-    GPT2LMHeadModel.from_pretrained and by load_gpt2. Each file is written atomically."""
+    GPT2LMHeadModel.from_pretrained and by load_gpt2. The config's bos/eos token is the
+    tokenizer's <|endoftext|> (else GPT-2's 50256 where it fits the vocabulary, else none).
+    Each file is written atomically."""
     folder = Path(folder)
-    cfg_dict = gpt2_config_to_hf(model.config)
+    specials = getattr(tokenizer, "special_tokens", None) or []
+    eos = tokenizer.special_id("<|endoftext|>") if "<|endoftext|>" in specials else None
+    cfg_dict = gpt2_config_to_hf(model.config, eos_token_id=eos)
     arrays = {k: np.ascontiguousarray(v) for k, v in gpt2_to_hf(model.state_dict()).items()}
     write_atomic(folder / "model.safetensors", safetensors_bytes(arrays, metadata={"format": "pt"}))
     write_atomic(folder / "config.json", json.dumps(cfg_dict, indent=2))

@@ -29,7 +29,8 @@ def write_atomic(path, data: bytes | str) -> Path:
 
     str is written as UTF-8 with the line ends as given. The folder is made if missing. On any
     error (KeyboardInterrupt included) the temporary file is removed and path keeps its
-    previous content.
+    previous content; an OSError that names no file (ENOSPC: a full disk) is raised again
+    naming path and saying so.
     """
     path = Path(path)
     if path.is_dir():
@@ -45,9 +46,12 @@ def write_atomic(path, data: bytes | str) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:    # a full disk names no file: say which
+            kept = "keeps its previous content" if path.exists() else "was not created"
+            raise OSError(e.errno, f"{e.strerror}: writing {str(path)!r} failed; the file {kept}") from e
         raise
     _fsync_dir(path.parent)     # make the rename itself durable
     return path

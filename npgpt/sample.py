@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from . import checkpoint as ckpt_io
-from .finetune.init import load_init
+from .finetune.init import MODELS, load_init
 from .tokenizers import BPETokenizer
 
 STREAM_CHUNK = 16     # least tokens per generate call while streaming (each call refills the KV cache)
@@ -44,7 +44,8 @@ def load_model(checkpoint=None, gpt2=None, dtype: str | None = None):
     else:
         # the GPT of any npgpt run: `npgpt train`, or `npgpt finetune` (a classifier's GPT, LoRA
         # adapters folded in), read by the same code that starts a fine-tune
-        start = load_init(checkpoint, dtype=dtype, where=f"checkpoint {str(checkpoint)!r}")
+        start = load_init(checkpoint, dtype=dtype, where=f"checkpoint {str(checkpoint)!r}",
+                          expected=f"expected {MODELS}")
         model, tok = start.model, start.tokenizer
     if tok.vocab_size > model.config.vocab_size:
         raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model only "
@@ -101,7 +102,8 @@ def generate_text(model, tokenizer, prompt: str, max_new_tokens: int, temperatur
                          f"window: it keeps the last block_size tokens)")
     batch = np.repeat(ids[None], num_samples, axis=0)                    # (num_samples, T)
     rng = np.random.default_rng(seed)     # passed as generate's seed: every chunk continues it
-    kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, use_cache=use_cache, window=window)
+    kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, use_cache=use_cache, window=window,
+              vocab_limit=min(tokenizer.vocab_size, model.config.vocab_size))   # only ids with text
     if stream is None or num_samples > 1:
         out = model.generate(batch, max_new_tokens, seed=rng, **kw)
         texts = [tokenizer.decode(row) for row in out]
@@ -109,12 +111,20 @@ def generate_text(model, tokenizer, prompt: str, max_new_tokens: int, temperatur
             for i, text in enumerate(texts):
                 stream(text if i == 0 else SAMPLE_SEPARATOR + text)
         return texts
-    shown = tokenizer.decode(ids)
-    stream(shown)
+    return [_stream(model, tokenizer, batch, max_new_tokens, rng, kw, stream)]
+
+
+def _stream(model, tokenizer, batch, max_new_tokens: int, rng, kw: dict, stream: Callable) -> str:
+    """Generate in chunks, streaming the text as it grows; the prompt is streamed with the first
+    chunk, after generate has checked its arguments (a bad one prints nothing)."""
+    shown, started = tokenizer.decode(batch[0]), False
     out, left = batch, max_new_tokens
-    while left > 0:
+    while left > 0 or not started:
         n = min(max(STREAM_CHUNK, min(out.shape[1], model.config.block_size) // 8), left)
         longer = model.generate(out, n, seed=rng, **kw)
+        if not started:
+            stream(shown)
+            started = True
         if longer.shape[1] == out.shape[1]:          # nothing more (window=False at block_size)
             break
         out, left = longer, left - n
@@ -127,4 +137,15 @@ def generate_text(model, tokenizer, prompt: str, max_new_tokens: int, temperatur
     text = tokenizer.decode(out[0])
     if text != shown and text.startswith(shown):
         stream(text[len(shown):])
-    return [text]
+    return text
+
+
+def vocab_note(model, tokenizer) -> str | None:
+    """What to say when the tokenizer has fewer tokens than the model's vocabulary (a padded
+    vocabulary such as nanoGPT's 50304, or a tokenizer trained smaller than the model's config):
+    sampling then draws only the ids the tokenizer can decode. None when they match."""
+    if tokenizer.vocab_size >= model.config.vocab_size:
+        return None
+    return (f"note: the tokenizer has {tokenizer.vocab_size:,} tokens and the model's vocabulary "
+            f"{model.config.vocab_size:,}: sampling draws only the {tokenizer.vocab_size:,} ids the "
+            f"tokenizer can decode")

@@ -13,8 +13,8 @@ The loop, for any model that follows npgpt's protocol (forward -> loss, backward
     every eval_interval steps and at the end:   val_loss = eval_fn(model), in eval mode
     every checkpoint_interval steps and at the end: an atomic checkpoint
 
-Ctrl-C lets the current step finish, saves a checkpoint and returns (a second Ctrl-C stops at
-once, keeping the last checkpoint). `Trainer.resume(checkpoint)` restores the model, the
+Ctrl-C or SIGTERM lets the current step finish, saves a checkpoint and returns (a second one
+stops at once, keeping the last checkpoint). `Trainer.resume(checkpoint)` restores the model, the
 optimizer, the step, the sampler's and every dropout generator's state, so the resumed run's
 losses equal the uninterrupted run's bit for bit (same backend, same machine).
 
@@ -75,12 +75,16 @@ def check_finite(step: int, **values: float) -> None:
             raise TrainingDiverged(f"step {step}: {name.replace('_', ' ')} is {value}", step)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)   # Ctrl-C; kill, timeout, a batch scheduler, mpiexec
+
+
 @contextlib.contextmanager
 def graceful_interrupt():
-    """Within the block, Ctrl-C (SIGINT) sets flag["requested"] instead of raising, so a loop can
-    finish its step and save; a second Ctrl-C raises KeyboardInterrupt at once. Outside the main
-    thread signals cannot be caught, and Ctrl-C raises as usual."""
-    flag = {"requested": False}
+    """Within the block, Ctrl-C (SIGINT) or SIGTERM (kill, timeout, a batch scheduler ending a
+    job) sets flag["requested"] and flag["signal"] (its number) instead of stopping the process,
+    so a loop can finish its step and save; a second signal raises KeyboardInterrupt at once.
+    Outside the main thread signals cannot be caught, and they act as usual."""
+    flag = {"requested": False, "signal": None}
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
@@ -88,13 +92,14 @@ def graceful_interrupt():
     def handler(signum, frame):
         if flag["requested"]:
             raise KeyboardInterrupt
-        flag["requested"] = True
+        flag["requested"], flag["signal"] = True, signum
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 class RunLog:
@@ -123,7 +128,7 @@ class RunLog:
         if not self.path.exists():
             return
         kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= last_step]
+                if _whole(line) and json.loads(line).get("step", 0) <= last_step]
         write_atomic(self.path, "".join(line + "\n" for line in kept).encode())
 
     def record(self, rec: dict) -> None:
@@ -156,6 +161,14 @@ class RunLog:
             self._file = None
 
 
+def _whole(line: str) -> bool:
+    """A complete JSON record (not the line a crash or a full disk cut short)."""
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
+
+
 def read_log(path) -> list[dict]:
     """The records of a JSONL log, in order."""
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
@@ -171,8 +184,9 @@ class TrainResult:
     losses: list                 # the training loss of every step this run computed
     val_losses: dict             # {step: validation loss}
     elapsed: float               # seconds of training, earlier sessions of a resumed run included
-    interrupted: bool = False    # Ctrl-C: stopped early, checkpoint saved
+    interrupted: bool = False    # Ctrl-C or SIGTERM: stopped early, checkpoint saved
     checkpoint: Path | None = None
+    signal: int | None = None    # the signal that stopped it (signal.SIGINT, signal.SIGTERM)
 
 
 def _default_loss(model, batch):
@@ -300,7 +314,8 @@ class Trainer:
         finally:
             log.close()
         return TrainResult(self.step, losses, dict(self.val_losses), self.elapsed, interrupted,
-                           self.checkpoint_path if self.out_dir is not None and self.step > 0 else None)
+                           self.checkpoint_path if self.out_dir is not None and self.step > 0 else None,
+                           ctrl_c["signal"])
 
     def _loop(self, log: RunLog, ctrl_c: dict) -> list:
         losses, since_eval = [], []

@@ -308,7 +308,7 @@ def test_an_earlier_run_and_the_start_are_never_overwritten(tmp_path, start, tex
     assert main(["finetune", "--init", str(start), "--data", str(text), "--out", str(out), "--max-iters", "1", *FAST]) == 0
     kept = sha(out / "ckpt.safetensors")
     assert main(["finetune", "--init", str(start), "--data", str(text), "--out", str(out), *FAST]) == 2
-    assert "pass --resume to continue it, or another --out (nothing was overwritten)" in capsys.readouterr().err
+    assert "pass --resume to continue it (in Python: run(cfg, resume=True)), or another --out (nothing was overwritten)" in capsys.readouterr().err
     assert sha(out / "ckpt.safetensors") == kept and sha(start) == before
 
 

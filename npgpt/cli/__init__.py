@@ -7,37 +7,27 @@ dataclasses: cli/flags.py). The library never imports this package.
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
-
 from . import bench, exercise, finetune, gradcheck, plot, sample, seq2seq, trace, train
+from .parser import Parser, add_version, help_when_bare, run_command
 
 # in the order --help lists them
 COMMANDS = [gradcheck, exercise, train, sample, trace, plot, bench, seq2seq, finetune]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="npgpt", description="A GPT and a Transformer from scratch in NumPy.")
+def build_parser() -> Parser:
+    """The parser of `npgpt` (cli/parser.py: bare `npgpt` prints this help, --version, an unknown
+    flag is reported by the command it was given to)."""
+    parser = Parser(prog="npgpt", description="A GPT and a Transformer from scratch in NumPy.")
+    add_version(parser)
+    help_when_bare(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
     for command in COMMANDS:
         command.add(sub)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        status = args.run(args)
-        sys.stdout.flush()                  # here, so that a closed pipe is caught below
-        return status
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:                 # `npgpt gradcheck | head`: the reader has gone
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+    return run_command(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 import typing
 from types import ModuleType
@@ -99,8 +100,9 @@ def config_flags(args: argparse.Namespace, config_cls) -> dict:
 def run_training(args: argparse.Namespace, config_cls, run: ModuleType) -> int:
     """The body of `npgpt train`, `npgpt seq2seq train` and `npgpt finetune`: the settings from
     the flags given (with --resume, from the run in --out: run.resume_config), then
-    run.run(cfg, resume=..., progress=None). The exit status: 0 done, 130 stopped by Ctrl-C (a
-    checkpoint saved), 1 diverged, 2 bad input (one line on stderr)."""
+    run.run(cfg, resume=..., progress=None). The exit status: 0 done, 128 + the signal's number
+    when stopped by one (a checkpoint saved): 130 Ctrl-C, 143 SIGTERM, as the shell reports a
+    process the signal ended; 1 diverged, 2 bad input (one line on stderr)."""
     prog = run.SPEC.command
     flags = config_flags(args, config_cls)
     try:
@@ -116,4 +118,6 @@ def run_training(args: argparse.Namespace, config_cls, run: ModuleType) -> int:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e   # no repr quotes
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
-    return 130 if result.interrupted else 0
+    if result.interrupted:
+        return 128 + (result.signal or signal.SIGINT)
+    return 0

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
 from .. import kernels
 from ..runs.settings import BACKENDS, DTYPES
-from ..sample import default_prompt, generate_text, load_model
+from ..sample import default_prompt, generate_text, load_model, vocab_note
 
 DEFAULT_CHECKPOINT = os.path.join("out", "ckpt.safetensors")   # where `npgpt train` writes by default
 
@@ -43,15 +44,30 @@ def add(sub) -> None:
                    help="stop at block_size tokens instead of sliding the context window")
     p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="compute in this dtype (default: the checkpoint's; float32 for --gpt2)")
-    p.add_argument("--backend", default=None, metavar="{" + ",".join(BACKENDS) + "}",
+    p.add_argument("--backend", default=None, choices=BACKENDS,
                    help="kernel backend (default: NPGPT_BACKEND or the fastest)")
     p.set_defaults(run=run)
 
 
+def check_args(args) -> None:
+    """The sampling flags, checked before any model is read or any text printed."""
+    if args.checkpoint is not None and args.gpt2 is not None:
+        raise ValueError("--checkpoint and --gpt2 both given: expected one model")
+    for flag, value, ok, expected in (
+            ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 0, "an integer >= 0"),
+            ("--temperature", args.temperature, math.isfinite(args.temperature) and args.temperature >= 0,
+             "a number >= 0 (0: greedy)"),
+            ("--top-k", args.top_k, args.top_k is None or args.top_k >= 1, "an integer >= 1"),
+            ("--top-p", args.top_p, args.top_p is None or 0 < args.top_p <= 1, "a number in (0, 1]"),
+            ("--seed", args.seed, args.seed >= 0, "an integer >= 0"),
+            ("--num-samples", args.num_samples, args.num_samples >= 1, "an integer >= 1")):
+        if not ok:
+            raise ValueError(f"{flag} {value}: expected {expected}")
+
+
 def run(args) -> int:
     try:
-        if args.checkpoint is not None and args.gpt2 is not None:
-            raise ValueError("--checkpoint and --gpt2 both given: expected one model")
+        check_args(args)
         with kernels.backend(args.backend or kernels.current_backend()):
             _sample(args)
     except (ValueError, TypeError, OSError, RuntimeError) as e:
@@ -68,6 +84,9 @@ def _sample(args) -> None:
             raise FileNotFoundError(f"no --checkpoint given and {DEFAULT_CHECKPOINT} does not exist: "
                                     f"train one with `npgpt train`, or pass --checkpoint or --gpt2")
         model, tok = load_model(checkpoint=args.checkpoint or DEFAULT_CHECKPOINT, dtype=args.dtype)
+    note = vocab_note(model, tok)
+    if note:
+        print(f"npgpt sample: {note}", file=sys.stderr)
     prompt = args.prompt if args.prompt is not None else default_prompt(tok)
     generate_text(model, tok, prompt, args.max_new_tokens, temperature=args.temperature,
                   top_k=args.top_k, top_p=args.top_p, seed=args.seed,

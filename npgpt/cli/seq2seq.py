@@ -12,6 +12,7 @@ from ..runs import seq2seq
 from ..runs.seq2seq import DEFAULT_OUT, Seq2SeqConfig, load_seq2seq, translate_texts
 from ..runs.settings import BACKENDS, DTYPES
 from .flags import add_config_flags, add_resume_flag, run_training
+from .parser import help_when_bare
 
 
 def add(sub) -> None:
@@ -20,8 +21,8 @@ def add(sub) -> None:
                        description="Sequence to sequence with the encoder-decoder Transformer: train "
                                    "on a built-in task (copy, reverse, sort, addition) or on parallel "
                                    "text, and translate with greedy decoding or beam search.")
+    help_when_bare(p)
     s = p.add_subparsers(dest="seq2seq_command", metavar="COMMAND")
-    s.required = True
     _add_train(s)
     _add_translate(s)
 
@@ -66,7 +67,7 @@ def _add_translate(sub) -> None:
                    help="print each output's score (length-normalised log-probability) after a tab")
     p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="compute in this dtype (default: the checkpoint's)")
-    p.add_argument("--backend", default=None, metavar="{" + ",".join(BACKENDS) + "}",
+    p.add_argument("--backend", default=None, choices=BACKENDS,
                    help="kernel backend (default: NPGPT_BACKEND or the fastest)")
     p.set_defaults(run=run_translate)
 

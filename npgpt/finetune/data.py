@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import default_corpus
+from ..data import default_corpus, load_text
 
 
 @dataclass
@@ -50,42 +51,42 @@ def _label_name(value, where: str) -> str:
 
 def _read_jsonl(path: Path, text_field: str, label_field: str):
     rows = []
-    with open(path, encoding="utf-8-sig") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}: line {n}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where} is not JSON ({e.msg} at column {e.colno}): expected one "
-                                 f"object per line") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{where} is a JSON {type(obj).__name__}: expected an object with "
-                                 f"fields {text_field!r} and {label_field!r}")
-            for field in (text_field, label_field):
-                if field not in obj:
-                    raise ValueError(f"{where} has no field {field!r} (its fields: {sorted(obj)}): "
-                                     f"expected {text_field!r} and {label_field!r}")
-            rows.append((where, obj[text_field], obj[label_field]))
+    # load_text: UTF-8 (a byte-order mark dropped), or an error naming the file and the offset
+    for n, line in enumerate(load_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}: line {n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where} is not JSON ({e.msg} at column {e.colno}): expected one "
+                             f"object per line") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where} is a JSON {type(obj).__name__}: expected an object with "
+                             f"fields {text_field!r} and {label_field!r}")
+        for field in (text_field, label_field):
+            if field not in obj:
+                raise ValueError(f"{where} has no field {field!r} (its fields: {sorted(obj)}): "
+                                 f"expected {text_field!r} and {label_field!r}")
+        rows.append((where, obj[text_field], obj[label_field]))
     return rows
 
 
 def _read_csv(path: Path, text_field: str, label_field: str, delimiter: str):
     rows = []
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        header = reader.fieldnames or []
-        for field in (text_field, label_field):
-            if field not in header:
-                raise ValueError(f"{path}: row 1 (the header) has no column {field!r} (its columns: "
-                                 f"{header}): expected {text_field!r} and {label_field!r}")
-        for row in reader:
-            where = f"{path}: row {reader.line_num}"
-            if row[text_field] is None or row[label_field] is None:
-                raise ValueError(f"{where} has {len([v for v in row.values() if v is not None])} "
-                                 f"fields: expected {len(header)}, as the header")
-            rows.append((where, row[text_field], row[label_field]))
+    # load_text: UTF-8 (a byte-order mark dropped), or an error naming the file and the offset
+    reader = csv.DictReader(io.StringIO(load_text(path), newline=""), delimiter=delimiter)
+    header = reader.fieldnames or []
+    for field in (text_field, label_field):
+        if field not in header:
+            raise ValueError(f"{path}: row 1 (the header) has no column {field!r} (its columns: "
+                             f"{header}): expected {text_field!r} and {label_field!r}")
+    for row in reader:
+        where = f"{path}: row {reader.line_num}"
+        if row[text_field] is None or row[label_field] is None:
+            raise ValueError(f"{where} has {len([v for v in row.values() if v is not None])} "
+                             f"fields: expected {len(header)}, as the header")
+        rows.append((where, row[text_field], row[label_field]))
     return rows
 
 

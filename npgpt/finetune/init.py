@@ -28,10 +28,10 @@ from .lora import add_lora, merge_lora
 
 CHECKPOINT_NAME = "ckpt.safetensors"
 GPT2_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")
-EXPECTED = ("expected an npgpt checkpoint (a .safetensors file written by `npgpt train` or "
-            "`npgpt finetune`, or a run folder holding ckpt.safetensors), a Hugging Face GPT-2 "
-            "folder (config.json, model.safetensors, vocab.json, merges.txt), or 'none' "
-            "(random initialisation)")
+MODELS = ("an npgpt checkpoint (a .safetensors file written by `npgpt train` or `npgpt finetune`, "
+          "or a run folder holding ckpt.safetensors) or a Hugging Face GPT-2 folder (config.json, "
+          "model.safetensors, vocab.json, merges.txt)")
+EXPECTED = f"expected {MODELS}, or 'none' (random initialisation)"     # what --init takes
 
 
 @dataclass
@@ -43,17 +43,18 @@ class Init:
 
 
 def load_init(init, dtype: str | None = "float32", dropout: float | None = None, seed: int = 0,
-              where: str | None = None) -> Init:
+              where: str | None = None, expected: str = EXPECTED) -> Init:
     """The GPT and tokenizer at `init` (see the module docstring). A path that is neither an
     npgpt checkpoint nor a GPT-2 folder raises an error that says what was found there.
-    dtype None keeps the saved one; `where` names the path in errors (default: "--init PATH")."""
+    dtype None keeps the saved one; `where` names the path in errors (default: "--init PATH"),
+    `expected` what it may be (default: what --init takes, 'none' included)."""
     path = Path(init)
     where = where or f"--init {str(init)!r}"
     if not path.exists():
-        raise FileNotFoundError(f"{where} does not exist: {EXPECTED}")
+        raise FileNotFoundError(f"{where} does not exist: {expected}")
     if path.is_dir():
         if (path / CHECKPOINT_NAME).is_file():
-            return _from_checkpoint(path / CHECKPOINT_NAME, where, dtype, dropout, seed)
+            return _from_checkpoint(path / CHECKPOINT_NAME, where, dtype, dropout, seed, expected)
         found = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
         if {"config.json", "model.safetensors"} & set(found):
             missing = [name for name in GPT2_FILES if not (path / name).is_file()]
@@ -64,15 +65,15 @@ def load_init(init, dtype: str | None = "float32", dropout: float | None = None,
         shown = f"{found[:8]}{' ...' if len(found) > 8 else ''}" if found else "nothing"
         raise ValueError(f"{where} is a folder holding {shown}, neither an npgpt run (no "
                          f"{CHECKPOINT_NAME}) nor a GPT-2 folder (no config.json and "
-                         f"model.safetensors): {EXPECTED}")
-    return _from_checkpoint(path, where, dtype, dropout, seed)
+                         f"model.safetensors): {expected}")
+    return _from_checkpoint(path, where, dtype, dropout, seed, expected)
 
 
-def _from_checkpoint(path: Path, where: str, dtype, dropout, seed) -> Init:
+def _from_checkpoint(path: Path, where: str, dtype, dropout, seed, expected: str) -> Init:
     try:
         ck = ckpt_io.load(path)
     except ValueError as e:
-        raise ValueError(f"{where} is not an npgpt checkpoint: {e}; {EXPECTED}") from None
+        raise ValueError(f"{where} is not an npgpt checkpoint: {e}; {expected}") from None
     meta = ck.meta
     if meta.get("model") == "GPT":
         config, prefix = meta.get("config"), ""

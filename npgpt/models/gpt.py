@@ -158,7 +158,8 @@ class GPT(Module):
 
     def generate(self, prompt_ids, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = 0,
-                 use_cache: bool = True, window: bool = True, stop_token: int | None = None):
+                 use_cache: bool = True, window: bool = True, stop_token: int | None = None,
+                 vocab_limit: int | None = None):
         """Continue each prompt by sampling one token at a time.
 
         prompt_ids: int (T,) or (B, T). Returns the prompts with the new tokens appended,
@@ -171,7 +172,9 @@ class GPT(Module):
         (the logits equal full recomputation). window: beyond block_size keep only the last
         block_size tokens (the cache is rebuilt for the window, since positions shift); with
         window=False a prompt longer than block_size is an error and generation stops at
-        block_size. stop_token: stop when every sequence has produced it.
+        block_size. stop_token: stop when every sequence has produced it. vocab_limit: draw only
+        ids below it (a tokenizer with fewer tokens than the model's vocabulary: the ids beyond
+        it have no text); the softmax then runs over those ids alone.
         """
         cfg = self.config
         ids = np.asarray(prompt_ids)
@@ -183,6 +186,10 @@ class GPT(Module):
             raise ValueError(f"prompt_ids has {ids.shape[1]} tokens: expected at most block_size="
                              f"{cfg.block_size} (or pass window=True to keep the last block_size)")
         _check_sampling(max_new_tokens, temperature, top_k, top_p, cfg.vocab_size)
+        limit = cfg.vocab_size if vocab_limit is None else vocab_limit
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or not 1 <= limit <= cfg.vocab_size:
+            raise ValueError(f"vocab_limit={vocab_limit!r}, expected None or an integer in [1, "
+                             f"{cfg.vocab_size}] (the model's vocab_size)")
         rng = np.random.default_rng(seed)
         was_training = self.training
         self.eval()
@@ -197,7 +204,7 @@ class GPT(Module):
                 else:
                     caches = [KVCache() for _ in self.h] if use_cache else None
                     logits, _ = self.forward(context, kv_caches=caches)        # (re)fill the window
-                nxt = sample_next(logits[:, -1], temperature, top_k, top_p, rng)
+                nxt = sample_next(logits[:, -1, :limit], temperature, top_k, top_p, rng)
                 ids = np.concatenate([ids, nxt[:, None]], axis=1)
                 if stop_token is not None:
                     done |= nxt == stop_token

@@ -93,18 +93,29 @@ def gpt2_config_from_hf(hf: dict, where: str = "config.json") -> GPTConfig:
                      layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5))
 
 
-def gpt2_config_to_hf(cfg: GPTConfig) -> dict:
-    """The config.json dict of a Hugging Face GPT2Config equivalent to cfg."""
+GPT2_EOS = 50256      # GPT-2's <|endoftext|>: its bos and eos token
+
+
+def gpt2_config_to_hf(cfg: GPTConfig, eos_token_id: int | None = None) -> dict:
+    """The config.json dict of a Hugging Face GPT2Config equivalent to cfg. Its bos and eos
+    token: eos_token_id (the tokenizer's <|endoftext|>) if given, else GPT-2's 50256 where the
+    vocabulary holds it, else none (an id outside the vocabulary makes transformers warn)."""
     if cfg.pos_encoding != "learned" or not cfg.bias:
         raise ValueError(f"GPT-2's layout needs pos_encoding='learned' and bias=True: the config "
                          f"has pos_encoding={cfg.pos_encoding!r}, bias={cfg.bias!r}")
+    if eos_token_id is None and cfg.vocab_size > GPT2_EOS:
+        eos_token_id = GPT2_EOS
+    if eos_token_id is not None and not 0 <= eos_token_id < cfg.vocab_size:
+        raise ValueError(f"eos_token_id={eos_token_id!r}: expected an id in [0, {cfg.vocab_size}) "
+                         f"(the vocabulary), or None")
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
             "vocab_size": cfg.vocab_size, "n_positions": cfg.block_size, "n_embd": cfg.n_embd,
             "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_inner": None,
             "activation_function": NPGPT_ACTIVATIONS[cfg.activation],
             "layer_norm_epsilon": cfg.layer_norm_eps, "tie_word_embeddings": cfg.tie_weights,
             "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
-            "scale_attn_weights": True, "initializer_range": 0.02}
+            "scale_attn_weights": True, "initializer_range": 0.02,
+            "bos_token_id": eos_token_id, "eos_token_id": eos_token_id}
 
 
 @dataclass

@@ -31,6 +31,7 @@ Every input is checked before anything is written, and the start is only read. A
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +42,11 @@ from .. import kernels
 from ..config import GPT_PRESETS, GPTConfig
 from ..files import write_atomic
 from ..finetune import lora_settings, merge_lora, save_lora
+from ..finetune.lora import LORA_TARGETS
 from ..finetune.init import load_init
 from ..models.gpt import GPT
 from ..optim import WarmupCosine
+from ..sample import vocab_note
 from ..tokenizers import CharTokenizer, tokenizer_from_dict
 from ..trainer import CHECKPOINT_NAME, LOG_NAME, TrainResult
 from .finetune_tasks import assemble, read_task
@@ -53,6 +56,7 @@ from .skeleton import RunSpec, Session, print_sample, resume_settings
 OUTPUTS = {"checkpoint": CHECKPOINT_NAME, "metrics": "metrics.json",
            "adapters": "adapters.safetensors", "merged": "merged.safetensors"}
 TASKS = ("lm", "classify")
+LONG_CONTEXT = 256      # a start whose context is longer gets a note suggesting --block-size
 _START = "the start's"
 _SCRATCH = "--init none: "
 
@@ -146,6 +150,9 @@ class FinetuneConfig:
         check.choices()
         check.flags("reinit", "merge")
         check.names("lora_targets", "freeze")
+        known = [*LORA_TARGETS, *(path for paths in LORA_TARGETS.values() for path in paths)]
+        if not self.lora_targets or not set(self.lora_targets) <= set(known):
+            fail("lora_targets", f"some of {known}")
         if self.freeze_blocks is not None and not (
                 isinstance(self.freeze_blocks, tuple) and len(self.freeze_blocks) == 2
                 and all(map(is_int, self.freeze_blocks))):
@@ -162,12 +169,19 @@ class FinetuneConfig:
                 check.fail(given[0], "unset unless --init none: the model of --init has its own size")
         elif self.reinit:
             check.fail("reinit", "unset with --init none (its weights are random already)")
-        if self.task == "lm":
-            for name, default in (("test_data", None), ("aux_lm_weight", 0.0)):
-                if getattr(self, name) != default:
-                    check.fail(name, "unset for --task lm (it is a setting of --task classify)")
+        only = {"lm": ("classify", ("test_data", "aux_lm_weight", "text_field", "label_field",
+                                    "test_fraction", "data_seed")),
+                "classify": ("lm", ("val_fraction",))}
+        other, names = only[self.task]
+        for name in names:    # the other task's data settings: an error, not silently ignored
+            # (--eval-iters and --sample-tokens, amounts of lm's work, are free to pass along)
+            if getattr(self, name) != _DEFAULTS[name]:
+                check.fail(name, f"unset for --task {self.task} (it is a setting of --task {other})")
         if self.merge and not self.lora_rank:
             check.fail("merge", "unset without --lora-rank (there are no adapters to merge)")
+        for name in ("lora_alpha", "lora_dropout", "lora_targets"):
+            if not self.lora_rank and getattr(self, name) != _DEFAULTS[name]:
+                check.fail(name, "unset without --lora-rank (it is a setting of the LoRA adapters)")
 
     @property
     def warmup_steps(self) -> int:
@@ -175,12 +189,16 @@ class FinetuneConfig:
         return self.max_iters // 10 if self.warmup is None else self.warmup
 
 
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
+
+
 SPEC = RunSpec(command="npgpt finetune", section="finetune",
                # settings a resumed run may change; the rest must match the checkpoint
                resumable=("max_iters", "eval_interval", "checkpoint_interval", "out", "backend",
                           "sample_tokens", "merge"),
                outputs=(CHECKPOINT_NAME, LOG_NAME, *list(OUTPUTS.values())[1:]),
-               kept=tuple(OUTPUTS.values()))
+               kept=tuple(OUTPUTS.values()), paths=("init", "data", "test_data"),
+               hashed=("data", "test_data"))
 RESUMABLE_CHANGES = SPEC.resumable
 
 
@@ -198,8 +216,13 @@ class FinetuneResult:
 
     @property
     def interrupted(self) -> bool:
-        """Stopped by Ctrl-C (a checkpoint saved)."""
+        """Stopped by Ctrl-C or SIGTERM (a checkpoint saved)."""
         return self.train.interrupted
+
+    @property
+    def signal(self) -> int | None:
+        """The signal that stopped it, if one did."""
+        return self.train.signal
 
 
 def run(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = True,
@@ -271,6 +294,12 @@ def _describe(cfg: FinetuneConfig, model, gpt, tok, task, source: str, block: in
     print_fn(f"start: {source}")
     print_fn(f"model: GPT {g.n_layer} layers, {g.n_head} heads, {g.n_embd} wide, context {block}{head}; "
              f"{type(tok).__name__} (vocabulary {tok.vocab_size}); backend {kernels.current_backend()}")
+    if cfg.block_size is None and block > LONG_CONTEXT:
+        print_fn(f"note: training on the model's whole context, {block} tokens: on a CPU a shorter "
+                 f"one trains many times faster and with far less memory (--block-size 128, say)")
+    note = vocab_note(gpt, tok)
+    if note and cfg.task == "lm" and cfg.sample_tokens:
+        print_fn(note)
     print_fn(f"data: {task.describe()}")
     print_fn(f"trainable: {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%): "
              f"{_what_trains(cfg)}")

@@ -29,7 +29,7 @@ from ..optim import WarmupCosine
 from ..tokenizers import BPETokenizer, CharTokenizer, tokenizer_from_dict
 from ..trace.health import Health
 from ..trainer import CHECKPOINT_NAME, LOG_NAME, TrainResult
-from .settings import BACKENDS, DTYPES, Checker, setting
+from .settings import BACKENDS, DTYPES, WARMUP_SHOWN, Checker, default_warmup, setting
 from .skeleton import RunSpec, Session, print_sample, resume_settings
 
 TOKENIZERS = ("char", "bpe")
@@ -65,7 +65,7 @@ class PretrainConfig:
     batch_size: int = setting(16, "sequences per step")
     lr: float = setting(2e-3, "peak learning rate (AdamW)")
     min_lr: float = setting(2e-4, "learning rate at the end of the cosine decay")
-    warmup: int = setting(100, "steps of linear warmup")
+    warmup: int | None = setting(None, "steps of linear warmup", shown=WARMUP_SHOWN)
     weight_decay: float = setting(0.1, "AdamW weight decay (matrices only)")
     beta1: float = setting(0.9, "AdamW beta1")
     beta2: float = setting(0.99, "AdamW beta2")
@@ -88,8 +88,9 @@ class PretrainConfig:
         fail = check.fail
         check.integers("vocab_size", "max_iters", "batch_size", "eval_iters")
         check.integers("n_layer", "n_head", "n_embd", "block_size", unset=_UNSET)
-        check.integers("warmup", "eval_interval", "checkpoint_interval", "seed", "sample_tokens",
-                       "health_every", low=0)
+        check.integers("eval_interval", "checkpoint_interval", "seed", "sample_tokens", "health_every",
+                       low=0)
+        check.integers("warmup", low=0, unset=WARMUP_SHOWN)
         check.numbers("lr", "min_lr", "weight_decay", "grad_clip")
         if not self.lr > 0:
             fail("lr", "a number > 0")
@@ -98,11 +99,16 @@ class PretrainConfig:
         check.fractions("beta1", "beta2")
         check.fractions("val_fraction", zero=False)
         check.fractions("dropout", unset=_UNSET)
-        if self.warmup > self.max_iters:
+        if self.warmup is not None and self.warmup > self.max_iters:     # only an explicit one
             fail("warmup", f"at most max-iters={self.max_iters} (lower --warmup with --max-iters)")
         if self.tokenizer == "bpe" and self.vocab_size < 257:
             fail("vocab_size", "at least 257 for --tokenizer bpe (256 bytes + <|endoftext|>)")
         check.choices()
+
+    @property
+    def warmup_steps(self) -> int:
+        """The run's warmup: warmup, or when unset 100 steps, a tenth of max_iters if that is less."""
+        return default_warmup(self.max_iters) if self.warmup is None else self.warmup
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         """The GPTConfig of the run: the preset, the fields set here, the tokenizer's vocab."""
@@ -115,7 +121,7 @@ SPEC = RunSpec(command="npgpt train", section="train",
                # settings a resumed run may change; the rest must match the checkpoint
                resumable=("max_iters", "eval_interval", "checkpoint_interval", "out", "backend",
                           "sample_tokens", "health_every"),
-               outputs=(CHECKPOINT_NAME, LOG_NAME))
+               outputs=(CHECKPOINT_NAME, LOG_NAME), paths=("data",), hashed=("data",))
 RESUMABLE_CHANGES = SPEC.resumable
 
 
@@ -180,7 +186,7 @@ def run(cfg: PretrainConfig, resume: bool = False, progress: bool | None = True,
         trainer = session.trainer(
             model, session.adamw(model), lm_batch_fn(train_ids, cfg.batch_size, mcfg.block_size),
             eval_fn=lm_eval_fn(val_ids, cfg.batch_size, mcfg.block_size, cfg.eval_iters, seed=cfg.seed + 1),
-            schedule=WarmupCosine(cfg.lr, cfg.warmup, cfg.max_iters, cfg.min_lr),
+            schedule=WarmupCosine(cfg.lr, cfg.warmup_steps, cfg.max_iters, cfg.min_lr),
             meta={"tokenizer": tok.to_dict()}, progress=progress, on_step=on_step,
             around_step=Health(cfg.health_every) if cfg.health_every else None)
         session.resume(trainer, print_fn)

@@ -49,7 +49,7 @@ from ..trainer import CHECKPOINT_NAME, LOG_NAME, RunLog, TrainResult
 from .seq2seq_data import Seq2SeqData, batch_fn, check_pairs, fitted_seq_len, load_data, tokens_fn
 from .seq2seq_eval import (Evaluation, evaluate, load_seq2seq, translate_ids, translate_texts,
                            validation_loss)
-from .settings import BACKENDS, DTYPES, Checker, is_number, setting
+from .settings import BACKENDS, DTYPES, WARMUP_SHOWN, Checker, default_warmup, is_number, setting
 from .skeleton import RunSpec, Session, resume_settings
 
 __all__ = ["Seq2SeqConfig", "Seq2SeqResult", "run", "resume_config", "RESUMABLE_CHANGES",
@@ -104,7 +104,8 @@ class Seq2SeqConfig:
                             choices=SCHEDULES)
     lr: float = setting(1e-3, "peak learning rate (every schedule, noam included)")
     min_lr: float = setting(1e-4, "cosine: learning rate at the last step")
-    warmup: int = setting(100, "steps of linear warmup (noam: the step of the peak)")
+    warmup: int | None = setting(None, "steps of linear warmup (noam: the step of the peak)",
+                                 shown=WARMUP_SHOWN)
     beta1: float = setting(0.9, "AdamW beta1")
     beta2: float = setting(0.98, "AdamW beta2")
     eps: float = setting(1e-9, "AdamW epsilon")
@@ -136,7 +137,8 @@ class Seq2SeqConfig:
         if self.seq_len is not None and self.seq_len < 2:
             fail("seq_len", "at least 2 (a target symbol and its end-of-sequence token)")
         check.integers("encoder_layers", "decoder_layers", low=0, unset=_LAYERS)
-        check.integers("warmup", "eval_interval", "checkpoint_interval", "seed", "examples", low=0)
+        check.integers("eval_interval", "checkpoint_interval", "seed", "examples", low=0)
+        check.integers("warmup", low=0, unset=WARMUP_SHOWN)
         check.numbers("lr", "min_lr", "weight_decay", "grad_clip")
         if not self.lr > 0:
             fail("lr", "a number > 0")
@@ -144,9 +146,9 @@ class Seq2SeqConfig:
             fail("eps", "a number > 0")
         if self.schedule == "cosine" and self.min_lr > self.lr:
             fail("min_lr", f"a number <= lr={self.lr}")
-        if self.schedule == "noam" and self.warmup < 1:
+        if self.schedule == "noam" and self.warmup is not None and self.warmup < 1:
             fail("warmup", "at least 1 with --schedule noam (its peak is at step --warmup)")
-        if self.schedule != "noam" and self.warmup > self.max_iters:
+        if self.schedule != "noam" and self.warmup is not None and self.warmup > self.max_iters:
             fail("warmup", f"at most max-iters={self.max_iters} (lower --warmup with --max-iters)")
         check.fractions("beta1", "beta2", "dropout", "label_smoothing")
         check.fractions("test_fraction", zero=False)
@@ -173,20 +175,26 @@ class Seq2SeqConfig:
             norm_first=self.norm_first, share_embeddings=self.share_embeddings,
             label_smoothing=self.label_smoothing, pad_id=0, dtype=self.dtype)
 
+    @property
+    def warmup_steps(self) -> int:
+        """The run's warmup: warmup, or when unset 100 steps, a tenth of max_iters if that is less."""
+        return default_warmup(self.max_iters) if self.warmup is None else self.warmup
+
     def schedule_fn(self):
         """step (1-based) -> learning rate."""
+        w = self.warmup_steps
         if self.schedule == "noam":
-            return Noam(self.d_model, self.warmup, factor=self.lr * math.sqrt(self.d_model * self.warmup))
+            return Noam(self.d_model, w, factor=self.lr * math.sqrt(self.d_model * w))
         if self.schedule == "cosine":
-            return WarmupCosine(self.lr, self.warmup, self.max_iters, self.min_lr)
-        return WarmupCosine(self.lr, self.warmup, self.max_iters, self.lr)     # constant after the warmup
+            return WarmupCosine(self.lr, w, self.max_iters, self.min_lr)
+        return WarmupCosine(self.lr, w, self.max_iters, self.lr)     # constant after the warmup
 
 
 SPEC = RunSpec(command="npgpt seq2seq train", section="seq2seq",
                # settings a resumed run may change; the rest must match the checkpoint
                resumable=("max_iters", "eval_interval", "checkpoint_interval", "out", "backend",
                           "examples"),
-               outputs=(CHECKPOINT_NAME, LOG_NAME, EVAL_LOG_NAME))
+               outputs=(CHECKPOINT_NAME, LOG_NAME, EVAL_LOG_NAME), paths=("data",), hashed=("data",))
 RESUMABLE_CHANGES = SPEC.resumable
 
 

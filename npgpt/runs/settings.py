@@ -22,6 +22,13 @@ import numpy as np
 
 BACKENDS = ("numpy", "numba", "cuda")      # npgpt.kernels' backends
 DTYPES = ("float32", "float64")
+WARMUP_SHOWN = "100, or a tenth of --max-iters if less"
+
+
+def default_warmup(max_iters: int) -> int:
+    """The warmup of a run that sets none: 100 steps, or a tenth of a shorter run (at least 1),
+    so that a default never makes a short run invalid."""
+    return min(100, max(1, max_iters // 10))
 
 
 def setting(default, help: str, *, choices: tuple | None = None, metavar=None,

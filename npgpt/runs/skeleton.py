@@ -16,11 +16,16 @@ A run, whatever it trains, goes through the same steps; this module writes each 
 
 and resume_settings reads the settings a run saved, for `--resume`: only the settings in
 spec.resumable may differ from the saved ones, so a resumed run follows the saved trajectory.
+The checkpoint holds the settings as the run used them (settings_as_run): file paths made
+absolute, so `--resume` works from any folder, and a default that depends on other settings
+(the warmup) pinned, so a resumed run with another --max-iters keeps its warmup.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -44,6 +49,19 @@ class RunSpec:
     resumable: tuple        # the settings a resumed run may change
     outputs: tuple          # what --out holds: named when --out is not a folder
     kept: tuple = (CHECKPOINT_NAME,)   # the files of an earlier run that a new run never overwrites
+    paths: tuple = ()       # the settings that name files: saved absolute (settings_as_run)
+    hashed: tuple = ()      # those whose content the run checks on --resume (use_data): a resumed
+                            # run may name them by another path, the same content is what counts
+
+
+def settings_as_run(cfg, spec: RunSpec):
+    """cfg as the checkpoint records it: the paths of spec.paths absolute (None and 'none' stay),
+    and warmup pinned to the run's warmup_steps (where cfg has one)."""
+    changes = {name: os.path.abspath(getattr(cfg, name)) for name in spec.paths
+               if getattr(cfg, name) not in (None, "none")}
+    if hasattr(cfg, "warmup_steps"):
+        changes["warmup"] = cfg.warmup_steps
+    return dataclasses.replace(cfg, **changes)
 
 
 def check_out_folder(out, spec: RunSpec) -> Path:
@@ -77,11 +95,24 @@ def resume_settings(out, cls, spec: RunSpec, overrides: dict | None = None):
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     clash = [f"{flag_name(k)[2:]} {v!r} (the run has {getattr(saved, k)!r})"
              for k, v in overrides.items()
-             if k not in spec.resumable and dataclasses.replace(saved, **{k: v}) != saved]
+             if k not in spec.resumable and not _same_setting(spec, k, v, getattr(saved, k))]
     if clash:
         raise ValueError("--resume continues the saved run with its own settings, but these differ: "
                          + ", ".join(clash) + f"; only {', '.join(spec.resumable)} may change")
-    return dataclasses.replace(saved, **{k: v for k, v in overrides.items() if k in spec.resumable})
+    moved = {k: os.path.abspath(v) for k, v in overrides.items() if k in spec.hashed}
+    return dataclasses.replace(saved, **moved,
+                               **{k: v for k, v in overrides.items() if k in spec.resumable})
+
+
+def _same_setting(spec: RunSpec, name: str, given, saved) -> bool:
+    """A setting given again on --resume that the saved run shares: equal; a path to the same
+    file (however written, from whichever folder); or, for spec.hashed, any path (the run checks
+    the content's SHA-256)."""
+    if given == saved:
+        return True
+    if name in spec.paths and isinstance(given, str) and isinstance(saved, str):
+        return name in spec.hashed or os.path.abspath(given) == os.path.abspath(saved)
+    return False
 
 
 class Session:
@@ -100,8 +131,8 @@ class Session:
         there = [name for name in spec.kept if (self.out / name).exists()]
         if there:
             raise FileExistsError(f"--out {str(self.out)!r} already holds {there} of an earlier run: "
-                                  f"pass --resume to continue it, or another --out (nothing was "
-                                  f"overwritten)")
+                                  f"pass --resume to continue it (in Python: run(cfg, resume=True)), "
+                                  f"or another --out (nothing was overwritten)")
 
     def use_data(self, source: str, sha256: str, **facts) -> None:
         """Record what the run trains on (for the checkpoint's meta); on --resume, data whose
@@ -124,7 +155,7 @@ class Session:
         and a checkpoint meta of the settings, the data, the backend and meta; loop: the
         Trainer's run-specific arguments (loss_fn, eval_fn, schedule, tokens_fn)."""
         cfg = self.cfg
-        meta = {self.spec.section: dataclasses.asdict(cfg), "data": self.data,
+        meta = {self.spec.section: dataclasses.asdict(settings_as_run(cfg, self.spec)), "data": self.data,
                 "backend": kernels.current_backend(), **meta}
         return Trainer(model, optimizer, batch_fn, max_iters=cfg.max_iters, grad_clip=cfg.grad_clip,
                        eval_interval=cfg.eval_interval, checkpoint_interval=cfg.checkpoint_interval,
@@ -138,6 +169,13 @@ class Session:
         trainer.resume(self.saved)
         left = "" if trainer.step < trainer.max_iters else ": nothing left to do (raise --max-iters to train on)"
         print_fn(f"resuming {str(self.out)!r} at step {trainer.step} of {trainer.max_iters}{left}")
+        planned = self.saved.meta.get(self.spec.section, {}).get("max_iters")
+        if planned != trainer.max_iters and trainer.schedule is not None and not left:
+            # the schedule follows max_iters: another length reshapes it from this step on
+            then, nxt = trainer.optimizer.lr, trainer.schedule(trainer.step + 1)
+            print_fn(f"note: --max-iters {trainer.max_iters} (the run had {planned}) reshapes the "
+                     f"learning-rate schedule: the learning rate goes from {then:.3g} at step "
+                     f"{trainer.step} to {nxt:.3g} at step {trainer.step + 1}")
         before, now = self.saved.meta.get("backend"), kernels.current_backend()
         if before != now:
             print_fn(f"note: the run so far used backend {before!r}, this session {now!r}: rounding "
@@ -145,9 +183,10 @@ class Session:
         return True
 
     def report_interrupted(self, result: TrainResult, print_fn: Callable = print) -> bool:
-        """A run stopped by Ctrl-C: say where its checkpoint is and how to continue it."""
+        """A run stopped by Ctrl-C or SIGTERM: say so, where its checkpoint is and how to continue."""
         if result.interrupted:
-            print_fn(f"interrupted at step {result.step}: checkpoint saved to {result.checkpoint}; "
+            by = f" by {signal.Signals(result.signal).name}" if result.signal else ""
+            print_fn(f"interrupted{by} at step {result.step}: checkpoint saved to {result.checkpoint}; "
                      f"continue with: {self.spec.command} --resume --out {self.cfg.out}")
         return result.interrupted
 

@@ -42,8 +42,9 @@ def learn_vocabulary(text: str, vocab_size: int, special_tokens, verbose: bool =
                              "expected special tokens that cannot appear as learned tokens")
         encoder[s] = len(encoder)
     if len(encoder) < vocab_size:
-        warnings.warn(f"BPETokenizer.train: the text ran out of pairs to merge; vocab_size is "
-                      f"{len(encoder)}, not {vocab_size}", stacklevel=3)
+        warnings.warn(f"BPETokenizer.train: the text ran out of pairs to merge at {len(encoder)} "
+                      f"tokens: the vocabulary has {len(encoder)}, not vocab_size={vocab_size} (a "
+                      f"longer text reaches more)", stacklevel=3)
     to_str = lambda i: "".join(BYTE_TO_CHAR[b] for b in token_bytes[i])  # noqa: E731
     return encoder, [(to_str(a), to_str(b)) for a, b in merges], specials
 
