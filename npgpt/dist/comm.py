@@ -166,7 +166,8 @@ class Comm:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
-        self.comm.Abort(code)
+        self.comm.Abort(code)    # tells the launcher, which ends every process...
+        os._exit(code)           # ...but may return before it has ended this one
 
     def _timed_out(self, what: str, waited: float) -> None:
         print(f"npgpt (rank {self.rank} of {self.size}): waited {waited:.0f} s in {what} for the "

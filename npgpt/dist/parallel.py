@@ -135,9 +135,9 @@ class DataParallel:
 
     # -- agreeing before the start ----------------------------------------------------------
 
-    def agree(self, **facts) -> None:
-        """Refuse to start unless every rank has the same facts (settings, the data's SHA-256):
-        a Refused error naming the first rank that differs and how."""
+    def agree(self, facts: dict) -> None:
+        """Refuse to start unless every rank has the same facts ({"settings": {...}, "data
+        (SHA-256)": ...}): a Refused error naming the first rank that differs and how."""
         everyone = self.comm.allgather_objects(facts)
         for rank, theirs in enumerate(everyone[1:], start=1):
             for key, ours in everyone[0].items():

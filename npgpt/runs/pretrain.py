@@ -28,8 +28,9 @@ from ..models.gpt import GPT
 from ..optim import WarmupCosine
 from ..tokenizers import BPETokenizer, CharTokenizer, tokenizer_from_dict
 from ..trainer import CHECKPOINT_NAME, LOG_NAME, TrainResult
-from .settings import BACKENDS, DTYPES, Checker, setting
-from .skeleton import RunSpec, Session, print_sample, resume_settings
+from .settings import (ALLREDUCE_HELP, ALLREDUCES, BACKENDS, DTYPES,
+                       PARALLEL_SETTINGS, SHARD_HELP, Checker, setting)
+from .skeleton import RunSpec, Session, print_sample, processes, resume_settings
 
 TOKENIZERS = ("char", "bpe")
 _UNSET = "the preset's"
@@ -79,6 +80,8 @@ class PretrainConfig:
     backend: str | None = setting(None, "kernel backend", choices=BACKENDS,
                                   shown="NPGPT_BACKEND or the fastest")
     sample_tokens: int = setting(300, "tokens to sample and print at the end (0: none)")
+    allreduce: str = setting("mpi", ALLREDUCE_HELP, choices=ALLREDUCES)
+    shard_optimizer: bool = setting(False, SHARD_HELP)
 
     def __post_init__(self):
         check = Checker(self)
@@ -99,6 +102,7 @@ class PretrainConfig:
         if self.tokenizer == "bpe" and self.vocab_size < 257:
             fail("vocab_size", "at least 257 for --tokenizer bpe (256 bytes + <|endoftext|>)")
         check.choices()
+        check.flags("shard_optimizer")
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         """The GPTConfig of the run: the preset, the fields set here, the tokenizer's vocab."""
@@ -110,7 +114,7 @@ class PretrainConfig:
 SPEC = RunSpec(command="npgpt train", section="train",
                # settings a resumed run may change; the rest must match the checkpoint
                resumable=("max_iters", "eval_interval", "checkpoint_interval", "out", "backend",
-                          "sample_tokens"),
+                          "sample_tokens", *PARALLEL_SETTINGS),
                outputs=(CHECKPOINT_NAME, LOG_NAME))
 RESUMABLE_CHANGES = SPEC.resumable
 
@@ -156,8 +160,8 @@ def run(cfg: PretrainConfig, resume: bool = False, progress: bool | None = True,
     Runs on cfg.backend (the backend in use before is restored afterwards). Prints what it does
     (corpus, model size, final losses and a sample) through print_fn.
     """
-    with kernels.backend(cfg.backend or kernels.current_backend()):
-        session = Session(SPEC, cfg, resume)
+    with kernels.backend(cfg.backend or kernels.current_backend()), processes(cfg, SPEC) as group:
+        session = Session(SPEC, cfg, resume, group)
         text, source = load_corpus(cfg)
         session.use_data(source, hashlib.sha256(text.encode("utf-8")).hexdigest())
         tok = (tokenizer_from_dict(session.saved.meta["tokenizer"]) if session.saved is not None
@@ -186,6 +190,6 @@ def run(cfg: PretrainConfig, resume: bool = False, progress: bool | None = True,
                  f"backend {kernels.current_backend()}")
         result = trainer.run()
         session.report(result, print_fn)
-        if cfg.sample_tokens and result.step > 0 and not result.interrupted:
+        if cfg.sample_tokens and session.writer and result.step > 0 and not result.interrupted:
             print_sample(model, tok, cfg.sample_tokens, cfg.seed, print_fn)
     return result

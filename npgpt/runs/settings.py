@@ -22,6 +22,13 @@ import numpy as np
 
 BACKENDS = ("numpy", "numba", "cuda")      # npgpt.kernels' backends
 DTYPES = ("float32", "float64")
+# Several processes (mpiexec -n P; npgpt.dist): the settings every run has, and their help.
+ALLREDUCES = ("mpi", "ring")
+ALLREDUCE_HELP = ("under mpiexec: how the gradients are summed across processes: mpi "
+                  "(MPI_Allreduce) or ring (npgpt.dist.ring, written with messages)")
+SHARD_HELP = ("under mpiexec: ZeRO stage 1, each process keeps AdamW's moments for 1/P of the "
+              "parameters")
+PARALLEL_SETTINGS = ("allreduce", "shard_optimizer")    # a resumed run may change them (and P)
 
 
 def setting(default, help: str, *, choices: tuple | None = None, metavar=None,
