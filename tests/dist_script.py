@@ -2,7 +2,7 @@
 
     collectives                the ring and MPI all-reduce against np.sum, the all-gathers,
                                Packed, ZeRO-1's moment bytes; prints "ok" on rank 0
-    runs FILE.json             the runs listed in FILE ([{"run": "pretrain" | "seq2seq",
+    runs FILE.json             the runs listed in FILE ([{"run": "pretrain" | "seq2seq" | "finetune",
                                "settings": {...}, "resume": bool}]); after the last step every
                                rank checks that all ranks hold the same weights, to the bit
     fault KIND STEP FILE.json  one run of FILE's first entry in which rank 1, at STEP, does
@@ -21,12 +21,13 @@ import time
 import numpy as np
 
 from npgpt import dist
-from npgpt.models.gpt import GPT
 from npgpt.config import GPTConfig
+from npgpt.models.gpt import GPT
 from npgpt.optim import AdamW
-from npgpt.runs import pretrain, seq2seq
+from npgpt.runs import finetune, pretrain, seq2seq
 
-RUNS = {"pretrain": (pretrain, pretrain.PretrainConfig), "seq2seq": (seq2seq, seq2seq.Seq2SeqConfig)}
+RUNS = {"pretrain": (pretrain, pretrain.PretrainConfig), "seq2seq": (seq2seq, seq2seq.Seq2SeqConfig),
+        "finetune": (finetune, finetune.FinetuneConfig)}
 
 
 def collectives(comm) -> None:

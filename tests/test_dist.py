@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 
 from npgpt import checkpoint as ckpt_io
-from npgpt.runs import pretrain, seq2seq
+from npgpt.runs import finetune, pretrain, seq2seq
 from npgpt.trainer import read_log
 
 pytest.importorskip("mpi4py")      # the package only: MPI is not started in this process
@@ -51,6 +51,10 @@ GPT_RUN = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=5, max_
 SEQ2SEQ_RUN = dict(n_train=200, n_test=10, min_len=3, max_len=8, d_model=16, n_head=2, layers=1,
                    max_iters=4, batch_size=7, warmup=1, eval_interval=4, checkpoint_interval=4,
                    eps=1e-8, examples=0, dtype="float64", backend="numpy")
+# A classifier with LoRA adapters: many small runs of parameters (one buffer: dist.Packed).
+FINETUNE_RUN = dict(init="none", task="classify", n_layer=1, n_head=2, n_embd=16, block_size=24,
+                    lora_rank=2, batch_size=5, max_iters=4, eval_interval=4, checkpoint_interval=4,
+                    dtype="float64", backend="numpy")
 TOLERANCE = {"float64": 1e-12, "float32": 2e-5}      # see the module docstring
 
 
@@ -71,7 +75,8 @@ def runs_file(tmp_path, entries: list[dict]) -> Path:
 def one_process(run: str, settings: dict):
     """The reference: the same run in this process (no MPI)."""
     module, config = {"pretrain": (pretrain, pretrain.PretrainConfig),
-                      "seq2seq": (seq2seq, seq2seq.Seq2SeqConfig)}[run]
+                      "seq2seq": (seq2seq, seq2seq.Seq2SeqConfig),
+                      "finetune": (finetune, finetune.FinetuneConfig)}[run]
     return module.run(config(**settings), progress=False, print_fn=lambda *a, **k: None)
 
 
@@ -95,13 +100,15 @@ def test_collectives_two_and_three_processes(tmp_path):
 
 def test_same_weights_as_one_process(tmp_path):
     """P = 2 with the MPI and the ring all-reduce, with the sharded optimizer, float64 and
-    float32, a GPT and a seq2seq Transformer: the same weights as one process on the same global
-    batches (to the module docstring's bounds), and the same losses; every rank the same bits."""
+    float32 (Numba's fused AdamW), a GPT, a seq2seq Transformer (shares weighted by their target
+    tokens) and a LoRA classifier: the same weights as one process on the same global batches (to
+    the module docstring's bounds), and the same losses; every rank the same bits."""
     cases = [("pretrain", {**GPT_RUN, "allreduce": "mpi"}),
              ("pretrain", {**GPT_RUN, "allreduce": "ring"}),
              ("pretrain", {**GPT_RUN, "allreduce": "ring", "shard_optimizer": True}),
              ("pretrain", {**GPT_RUN, "dtype": "float32", "shard_optimizer": True, "backend": "numba"}),
-             ("seq2seq", {**SEQ2SEQ_RUN, "allreduce": "ring"})]
+             ("seq2seq", {**SEQ2SEQ_RUN, "allreduce": "ring"}),
+             ("finetune", {**FINETUNE_RUN, "allreduce": "ring", "shard_optimizer": True})]
     entries = [{"run": run, "settings": {**s, "out": str(tmp_path / f"p2-{i}")}} for i, (run, s) in enumerate(cases)]
     done = mpiexec(2, "runs", runs_file(tmp_path, entries), cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -4,8 +4,10 @@ command that never loads MPI (tests/test_dist.py has the trajectories and the fa
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -82,3 +84,27 @@ def test_a_plain_run_never_loads_mpi(tmp_path):
                           timeout=60, env={**env, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
     assert "mpi4py modules: []" in done.stdout, done.stdout
+
+
+def test_ctrl_c_stops_every_process_at_the_same_step(tmp_path):
+    """Ctrl-C to mpiexec (which passes SIGINT to every process): all ranks agree on the step to
+    stop after, the sharded optimizer's state is gathered, rank 0 saves it; exit status 130."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "npgpt", "train", *FLAGS, "--max-iters", "100000",
+           "--eval-interval", "0", "--checkpoint-interval", "0", "--shard-optimizer", "--out", str(out)]
+    with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=stdout, stderr=stderr)
+        try:
+            deadline = time.monotonic() + 60
+            while not ((out / "log.jsonl").exists() and len(read_log(out / "log.jsonl")) >= 2):
+                assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "stderr").read_text()
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=60) == 130, (tmp_path / "stderr").read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    step = ckpt_io.load(out / "ckpt.safetensors").meta["step"]
+    assert step == read_log(out / "log.jsonl")[-1]["step"]
+    assert (tmp_path / "stdout").read_text().count(f"interrupted at step {step}") == 1
