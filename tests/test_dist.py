@@ -110,7 +110,7 @@ def test_same_weights_as_one_process(tmp_path):
              ("seq2seq", {**SEQ2SEQ_RUN, "allreduce": "ring"}),
              ("finetune", {**FINETUNE_RUN, "allreduce": "ring", "shard_optimizer": True})]
     entries = [{"run": run, "settings": {**s, "out": str(tmp_path / f"p2-{i}")}} for i, (run, s) in enumerate(cases)]
-    done = mpiexec(2, "runs", runs_file(tmp_path, entries), cwd=tmp_path, timeout=120)
+    done = mpiexec(2, "runs", runs_file(tmp_path, entries), cwd=tmp_path, timeout=300)   # Numba may compile
     assert done.returncode == 0, done.stderr
     for i, (run, settings) in enumerate(cases):
         one = {k: v for k, v in settings.items() if k not in ("allreduce", "shard_optimizer")}
