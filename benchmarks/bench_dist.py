@@ -150,13 +150,13 @@ def launch(procs: int, threads: int, worker_args: list[str], timeout: float = 60
     return done.stdout.strip().splitlines()[-1]
 
 
-def fit_link(rows: list[dict], method: str, procs: int = 2) -> tuple[float, float]:
-    """Least-squares t = a + bytes / bw over the sizes; (alpha per message, bw bytes/s)."""
-    import numpy as np
-    pts = [(2 * (procs - 1) / procs * r["n"] * 4, r["seconds"]) for r in rows if r["method"] == method]
-    x, y = np.array(pts).T
-    slope, intercept = np.polyfit(x, y, 1)
-    return max(intercept, 0.0) / (2 * (procs - 1)), 1.0 / slope
+def fit_link(rows: list[dict], method: str, n: int, procs: int = 2) -> tuple[float, float]:
+    """(alpha per message, bw bytes/s) of this machine: alpha from the smallest buffer (its time
+    is latency: 2 (P - 1) messages), bw from the buffer nearest n numbers (the model's gradient:
+    a line fitted through all sizes would follow the largest, which no longer fit in cache)."""
+    mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["n"])
+    near = min(mine, key=lambda r: abs(r["n"] - n))
+    return mine[0]["seconds"] / (2 * (procs - 1)), 2 * (procs - 1) / procs * near["n"] * 4 / near["seconds"]
 
 
 def step_model(compute: float, update: float, n: int, P: int, alpha: float, bw: float) -> float:
@@ -210,16 +210,16 @@ def report(rows, allreduce, args, load_before: float) -> None:
         [{**r, "MB sent per rank": r["n"] * 4 / 1e6, "ms": 1e3 * r["seconds"],
           "GB/s": r["n"] * 4 / r["seconds"] / 1e9} for r in allreduce],
         {"n": "{:,}", "MB sent per rank": "{:.3f}", "ms": "{:.3f}", "GB/s": "{:.2f}"})
-    alpha, bw = fit_link(allreduce, "mpi")
+    alpha, bw = fit_link(allreduce, "mpi", n)
     one = next(r for r in rows if r["config"] == "1 proc x 1 thread")
     links = {"this machine (shared memory, fitted)": (alpha, bw), **LINKS}
     baby = {"name": "baby, B=16", "compute": one["compute ms"] / 1e3, "update": one["update ms"] / 1e3,
             "n": n, "tokens": B * T}
-    # GPT-2 small at 64 x 1024 tokens per step: the compute scaled from the baby's by parameters
+    # GPT-2 small at 8 x 1024 tokens per step: the compute scaled from the baby's by parameters
     # (6 N FLOPs per token; the attention's share is ignored), the update by parameters
     scale = GPT2_PARAMS / n
-    gpt2 = {"name": "GPT-2 124M, B=64 x 1024", "compute": baby["compute"] * scale * 64 * 1024 / (B * T),
-            "update": baby["update"] * scale, "n": GPT2_PARAMS, "tokens": 64 * 1024}
+    gpt2 = {"name": "GPT-2 124M, B=8 x 1024", "compute": baby["compute"] * scale * 8 * 1024 / (B * T),
+            "update": baby["update"] * scale, "n": GPT2_PARAMS, "tokens": 8 * 1024}
     predicted = model_rows(baby, links) + model_rows(gpt2, links)
     table = common.markdown_table(
         ["config", "step ms", "range ms", "compute ms", "sync ms", "update ms", "tokens/s", "vs 1x1"], rows,
@@ -238,7 +238,9 @@ def report(rows, allreduce, args, load_before: float) -> None:
              f"This machine is shared with other work (load average {load_before:.2f} before, "
              f"{env['load_average_after']} after): the spread is the range over rounds.")
     more = (f"The all-reduce alone (2 processes, shared memory; 'MB sent per rank' = 2 (P-1)/P n 4 bytes "
-             f"= n 4 bytes at P = 2), fitted as t = {2 * alpha * 1e6:.1f} us + bytes / {bw / 1e9:.2f} GB/s:"
+             f"= n 4 bytes at P = 2). The cost model takes this machine's link as {alpha * 1e6:.1f} us "
+             f"a message (the smallest buffer's time over its 2 messages) and {bw / 1e9:.2f} GB/s (MPI's "
+             f"rate at the size nearest the model's gradient, {n:,} numbers):"
              f"\n\n{ar_table}\n\nThe cost model (see the script): one step on P processes of one core, "
              f"compute C = {one['compute ms']:.1f} ms and update U = {one['update ms']:.1f} ms measured "
              f"with 1 proc x 1 thread; GPT-2's scaled by parameters and tokens; the links' latency and "
@@ -268,6 +270,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--reps", type=int, default=20, help="repetitions per all-reduce size")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--wait", type=float, default=120,
+                   help="seconds to wait for a load average under 2.5 first (a shared machine)")
     p.add_argument("--worker", choices=("train", "allreduce"), help=argparse.SUPPRESS)
     p.add_argument("--allreduce", default="mpi", help=argparse.SUPPRESS)
     p.add_argument("--shard", action="store_true", help=argparse.SUPPRESS)
@@ -276,7 +280,7 @@ def main() -> None:
         return train_worker(args.allreduce, args.shard, args.steps, args.warmup)
     if args.worker == "allreduce":
         return allreduce_worker(args.reps)
-    load = common.wait_for_quiet(max_load=2.5, timeout=120)
+    load = common.wait_for_quiet(max_load=2.5, timeout=args.wait)
     launch(1, 1, ["--worker", "train", "--steps", "1", "--warmup", "0"])   # Numba's cache, once
     rows, allreduce = measure(args)
     report(rows, allreduce, args, load)
