@@ -12,15 +12,34 @@ the ones that do not, and a wrong backward can pass.
 Everything runs in float64: with h = 1e-5 the truncation error is ~h^2 = 1e-10 and the rounding
 error ~eps/h = 1e-11, so a correct backward agrees to ~1e-9 or better.
 
-    rel_error(a, b) = max|a - b| / max(max(|a| + |b|), tiny)
+Two errors are reported for each tensor, a (the backward's) against b (the numerical one):
 
-(a norm-wise relative error: one number per tensor that does not blow up where an element is
-close to zero.)
+    rel_error(a, b)         = max_i |a_i - b_i| / max_i (|a_i| + |b_i|)        norm-wise
+    elementwise_error(a, b) = max_i |a_i - b_i| / max(|a_i| + |b_i|, floor)    element-wise
+                              floor = 1e-3 * max_i (|a_i| + |b_i|)
+
+The norm-wise error measures every element against the largest one: it is robust (a correct
+backward is at ~1e-10), but an element a thousand times smaller than the largest may be wrong
+by a few percent and still pass. The element-wise error is CS231n's |a - b| / (|a| + |b|) per
+element, so a wrong small element shows; its floor replaces CS231n's absolute 1e-8, because near
+a zero of the gradient the numerical gradient's own noise (~1e-10) over a tiny |a| + |b| reads
+as an error of order 1 (npgpt's own correct layers reach 4e-2 that way; with the floor, 5e-7).
+
+Which decides: a tensor passes when BOTH hold, rel_error <= its TOLERANCES entry (1e-7) and
+elementwise_error <= ELEMENT_TOLERANCE (1e-5). The first is the tight bound on the large
+elements, where the numerical gradient is most accurate; the second is the bound no element
+above the floor can hide from. (Below the floor an element is judged absolutely: wrong by more
+than 1e-8 of the largest, it fails.) compare() applies the rule; check_all() reports both.
+
+A user's own file (`npgpt gradcheck --file`) and the exercises are checked by npgpt.exercises
+with these functions and the same rule.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Sequence
+
+import math
 
 import numpy as np
 
@@ -38,6 +57,12 @@ TOLERANCES = {
     "kinked": 1e-7,
 }
 
+# The bound on elementwise_error, for every tensor: npgpt's own layers stay below 5e-7 (module
+# docstring), so 1e-5 leaves a factor 20 and still fails an element wrong by 1e-5 of itself.
+ELEMENT_TOLERANCE = 1e-5
+# elementwise_error's floor, as a fraction of the tensor's largest |a| + |b| (module docstring)
+ELEMENT_FLOOR = 1e-3
+
 
 def rel_error(a, b) -> float:
     """max|a - b| / max(max(|a| + |b|), tiny): 0 for equal arrays, 1 for unrelated ones."""
@@ -48,6 +73,30 @@ def rel_error(a, b) -> float:
     if a.size == 0:
         return 0.0
     return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(a) + np.abs(b))), TINY))
+
+
+def elementwise_error(a, b) -> float:
+    """max_i |a_i - b_i| / max(|a_i| + |b_i|, floor), floor = ELEMENT_FLOOR * max(|a| + |b|):
+    CS231n's relative error per element, its tiny denominator floored relative to the tensor."""
+    return float(elementwise_errors(a, b).max(initial=0.0))
+
+
+def elementwise_errors(a, b) -> np.ndarray:
+    """The per-element errors of elementwise_error (a's shape): where the worst ones are."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"a has shape {a.shape} and b {b.shape}: expected one shape")
+    size = np.abs(a) + np.abs(b)
+    floor = max(float(size.max(initial=0.0)) * ELEMENT_FLOOR, TINY)
+    return np.abs(a - b) / np.maximum(size, floor)
+
+
+def compare(analytic, numeric, tol: float = TOLERANCES["smooth"]) -> dict:
+    """Both errors of a backward's gradient against the numerical one, and the verdict:
+    {"error": rel_error, "element_error": elementwise_error, "passed": both within bounds}."""
+    err, elem = rel_error(analytic, numeric), elementwise_error(analytic, numeric)
+    return dict(error=err, element_error=elem, passed=err <= tol and elem <= ELEMENT_TOLERANCE)
 
 
 def numerical_gradient(f: Callable[[], np.ndarray], x: np.ndarray, dout: np.ndarray,
@@ -75,7 +124,7 @@ def numerical_gradient(f: Callable[[], np.ndarray], x: np.ndarray, dout: np.ndar
     return grad
 
 
-def _upstream_rng(seed: int) -> np.random.Generator:
+def upstream_rng(seed: int) -> np.random.Generator:
     """The Generator of the random upstream gradient: a stream of its own, so that a test whose
     inputs come from default_rng(seed) does not draw dout equal to its x (for LayerNorm, that
     dout is nearly orthogonal to the gradient, which then vanishes and hides errors)."""
@@ -91,11 +140,26 @@ def sample_index(shape, n: int | None, rng: np.random.Generator):
     return [np.unravel_index(i, shape) for i in flat]
 
 
-def _compare(analytic, numeric, index):
+def _picked(analytic, numeric, index):
+    """The two gradients at the checked coordinates (all of them when index is None)."""
     if index is None:
-        return rel_error(analytic, numeric)
+        return analytic, numeric
     pick = tuple(np.array(ix) for ix in zip(*index))
-    return rel_error(analytic[pick], numeric[pick])
+    return analytic[pick], numeric[pick]
+
+
+def _compare(analytic, numeric, index):
+    return rel_error(*_picked(analytic, numeric, index))
+
+
+def _as_tuple(grads, inputs) -> tuple:
+    """One gradient per input: a single array is the gradient of the only float input."""
+    if isinstance(grads, tuple):
+        return grads
+    floats = [i for i, x in enumerate(inputs) if isinstance(x, np.ndarray) and x.dtype == np.float64]
+    out = [None] * len(inputs)
+    out[floats[0] if len(floats) == 1 else 0] = grads
+    return tuple(out)
 
 
 def check_layer(forward: Callable, backward: Callable, inputs: Sequence, seed: int = 0,
@@ -103,16 +167,15 @@ def check_layer(forward: Callable, backward: Callable, inputs: Sequence, seed: i
     """Check a pure forward/backward pair: {"d0": rel_error, "d1": ...} per float input.
 
     forward(*inputs) -> (out, cache);  backward(dout, cache) -> one gradient per input
-    (a tuple, or a single array for a one-input layer). Inputs that are not float arrays
-    (token ids, masks) and gradients returned as None are skipped.
+    (a tuple, or a single array when one input is a float array, as embedding_backward's dW).
+    Inputs that are not float arrays (token ids, masks) and gradients returned as None are
+    skipped. (npgpt.exercises checks a user's file with the same rules and reports both errors.)
     """
-    rng = _upstream_rng(seed)
+    rng = upstream_rng(seed)
     inputs = list(inputs)
     out, cache = forward(*inputs)
     dout = rng.standard_normal(np.shape(out))
-    grads = backward(dout, cache)
-    if not isinstance(grads, tuple):
-        grads = (grads,)
+    grads = _as_tuple(backward(dout, cache), inputs)
     errors = {}
     for i, (x, g) in enumerate(zip(inputs, grads)):
         if g is None or not isinstance(x, np.ndarray) or x.dtype != np.float64:
@@ -129,9 +192,17 @@ def check_module(module: Module, inputs: Sequence, seed: int = 0, samples: int |
 
     The module must be float64 and deterministic (dropout 0, or in eval mode). Its backward(dout)
     returns the gradient of its float inputs (a single array, or a tuple in input order).
-    Returns {input name or "input{i}": err, parameter name: err}.
+    Returns {input name or "input{i}": err, parameter name: err} (rel_error, norm-wise).
     """
-    rng = _upstream_rng(seed)
+    pairs = module_gradients(module, inputs, seed, samples, h, input_names)
+    return {name: rel_error(a, b) for name, (a, b) in pairs.items()}
+
+
+def module_gradients(module: Module, inputs: Sequence, seed: int = 0, samples: int | None = None,
+                     h: float = 1e-5, input_names: Sequence[str] | None = None) -> dict:
+    """{input or parameter name: (backward's gradient, numerical gradient)} of check_module, at
+    the checked coordinates, for callers that want more than one number (compare, the worst)."""
+    rng = upstream_rng(seed)
     inputs = list(inputs)
     out = module.forward(*inputs)
     dout = rng.standard_normal(np.shape(out))
@@ -141,21 +212,21 @@ def check_module(module: Module, inputs: Sequence, seed: int = 0, samples: int |
         grads = (grads,)
     float_inputs = [i for i, x in enumerate(inputs) if isinstance(x, np.ndarray) and x.dtype == np.float64]
     names = input_names or [f"input{i}" for i in range(len(inputs))]
-    errors = {}
+    pairs = {}
     f = lambda: module.forward(*inputs)    # noqa: E731 -- reads the perturbed arrays
     for i, g in zip(float_inputs, grads):
         if g is None:
             continue
         index = sample_index(inputs[i].shape, samples, rng)
-        errors[names[i]] = _compare(g, numerical_gradient(f, inputs[i], dout, h=h, index=index), index)
+        pairs[names[i]] = _picked(g, numerical_gradient(f, inputs[i], dout, h=h, index=index), index)
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
         if p.dtype != np.float64:
             raise TypeError(f"check_module: parameter {name} has dtype {p.dtype}: expected float64")
         index = sample_index(p.shape, samples, rng)
-        errors[name] = _compare(p.grad, numerical_gradient(f, p.data, dout, h=h, index=index), index)
-    return errors
+        pairs[name] = _picked(p.grad.copy(), numerical_gradient(f, p.data, dout, h=h, index=index), index)
+    return pairs
 
 
 # -- every layer, tiny, in float64: what `npgpt gradcheck` runs ------------------------------
@@ -207,6 +278,7 @@ def layer_cases(dtype="float64", seed: int = 0) -> dict:
         "Linear (no bias)": (nn.Linear(7, 5, bias=False, **kw, std=0.5), [x(2, 3, 7)]),
         "Embedding": (nn.Embedding(11, 6, **kw, std=1.0), [ids]),
         "LearnedPositionalEmbedding": (nn.LearnedPositionalEmbedding(9, 6, **kw), [5]),
+        "Sinusoidal positions": (_TokensAndPositions(11, 6, dtype, rng, offset=3), [ids]),
         "LayerNorm": (_with_random_params(nn.LayerNorm(7, dtype=dtype), rng), [x(2, 3, 7)]),
         "GELU (erf)": (nn.GELU(), [x(2, 3, 7)]),
         "GELU (tanh)": (nn.GELU("tanh"), [x(2, 3, 7)]),
@@ -250,6 +322,33 @@ class _Keyword(Module):
         return self.inner.backward(dout)
 
 
+class _TokensAndPositions(Module):
+    """The encoder-decoder's input, then a LayerNorm, so that the positions shape the gradient:
+
+        y = LayerNorm(E[ids] * sqrt(C) + PE[offset .. offset+T-1])
+
+    PE (sinusoidal_encoding) has no parameters and adds nothing to the backward; the LayerNorm's
+    row statistics depend on it, so the gradient of E is right only if the forward added the
+    right rows of PE (an offset, as when decoding with a KV cache) and the backward applies the
+    sqrt(C) scale. Parameters: tok.weight, ln.weight, ln.bias.
+    """
+
+    def __init__(self, vocab: int, C: int, dtype, rng: np.random.Generator, offset: int = 0):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, C, dtype=dtype, rng=rng, std=1.0)
+        self.pos = nn.SinusoidalPositionalEncoding(16, C, dtype=dtype)
+        self.ln = _with_random_params(nn.LayerNorm(C, dtype=dtype), rng)
+        self.offset, self.scale = offset, np.dtype(dtype).type(math.sqrt(C))
+
+    def forward(self, ids):
+        x = self.tok.forward(ids) * self.scale + self.pos.forward(ids.shape[1], self.offset)
+        return self.ln.forward(x)
+
+    def backward(self, dout):
+        # forward: y = ln(E[ids] * sqrt(C) + PE)   (PE is fixed: it passes the gradient through)
+        return self.tok.backward(self.ln.backward(dout) * self.scale)
+
+
 def _with_random_params(module: Module, rng: np.random.Generator) -> Module:
     """Replace ones/zeros initialisations by random values (ones hide a missing `* w`)."""
     for p in module.parameters():
@@ -259,24 +358,40 @@ def _with_random_params(module: Module, rng: np.random.Generator) -> Module:
 
 def check_all(seed: int = 0) -> list[dict]:
     """Check every layer of layer_cases() in float64: one row per checked tensor with
-    layer, tensor, shape, error, tolerance and passed."""
+    layer, tensor, shape, error (norm-wise), element_error, tolerance and passed (compare())."""
     rows = []
     for layer, (module, inputs) in layer_cases("float64", seed).items():
-        errors = check_module(module, inputs, seed=seed)
+        pairs = module_gradients(module, inputs, seed=seed)
         shapes = {f"input{i}": np.shape(a) for i, a in enumerate(inputs)}
         shapes.update({name: p.shape for name, p in module.named_parameters()})
-        for tensor, err in errors.items():
+        for tensor, (analytic, numeric) in pairs.items():
             tol = TOLERANCES["kinked" if "ReLU" in layer else "smooth"]
             rows.append(dict(layer=layer, tensor=tensor.replace("inner.", ""), shape=shapes[tensor],
-                             error=err, tolerance=tol, passed=err <= tol))
+                             tolerance=tol, **compare(analytic, numeric, tol)))
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    """The rows of check_all as an aligned text table."""
-    header = ("layer", "tensor", "shape", "rel. error", "result")
+    """The rows of check_all as an aligned text table: both errors, then the verdict. A row may
+    carry a "result" of its own (a wrong shape, NaN), shown in place of the errors."""
+    header = ("layer", "tensor", "shape", "rel. error", "elem. error", "result")
     body = [(r["layer"], r["tensor"], "x".join(map(str, r["shape"])) or "scalar",
-             f"{r['error']:.2e}", "pass" if r["passed"] else "FAIL") for r in rows]
+             *_error_cells(r), "pass" if r["passed"] else "FAIL") for r in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(b) for b in body])
+
+
+def _error_cells(row: dict) -> tuple[str, str]:
+    if row.get("error") is None:
+        return "-", "-"
+    return f"{row['error']:.2e}", f"{row['element_error']:.2e}"
+
+
+def summary_line(rows: list[dict]) -> str:
+    """The last line of `npgpt gradcheck`: how many tensors passed, and the rule they passed."""
+    failed = sum(not r["passed"] for r in rows)
+    layers = len({r["layer"] for r in rows})
+    tol = max(r["tolerance"] for r in rows) if rows else TOLERANCES["smooth"]
+    return (f"{len(rows) - failed}/{len(rows)} tensors of {layers} layers within tolerance (rel. error "
+            f"<= {tol:.0e} and elem. error <= {ELEMENT_TOLERANCE:.0e}, float64 central differences)")

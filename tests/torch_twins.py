@@ -159,6 +159,9 @@ TWINS = {
     "Linear (no bias)": functional(lambda m, P, x: x @ P["weight"]),
     "Embedding": functional(lambda m, P, idx: F.embedding(idx, P["weight"])),
     "LearnedPositionalEmbedding": functional(lambda m, P, T: P["weight"][:T]),
+    "Sinusoidal positions": functional(lambda m, P, idx: F.layer_norm(
+        F.embedding(idx, P["tok.weight"]) * float(m.scale)
+        + torch.from_numpy(m.pos.forward(idx.shape[1], m.offset)), (m.ln.n,), P["ln.weight"], P["ln.bias"])),
     "LayerNorm": functional(lambda m, P, x: F.layer_norm(x, x.shape[-1:], P["weight"], P["bias"], m.eps)),
     "GELU (erf)": functional(lambda m, P, x: F.gelu(x)),
     "GELU (tanh)": functional(lambda m, P, x: F.gelu(x, approximate="tanh")),

@@ -1,4 +1,4 @@
-"""The command line: `npgpt gradcheck | train | sample | bench | seq2seq | finetune`.
+"""The command line: `npgpt gradcheck | exercise | train | sample | bench | seq2seq | finetune`.
 
 One file per command, each with add(sub), which declares its arguments, and the function that
 runs it by calling the library (the training commands' flags are made from their settings
@@ -8,11 +8,12 @@ dataclasses: cli/flags.py). The library never imports this package.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from . import bench, finetune, gradcheck, sample, seq2seq, train
+from . import bench, exercise, finetune, gradcheck, sample, seq2seq, train
 
-COMMANDS = [gradcheck, train, sample, bench, seq2seq, finetune]    # in the order --help lists them
+COMMANDS = [gradcheck, exercise, train, sample, bench, seq2seq, finetune]    # in the order --help lists them
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,10 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        status = args.run(args)
+        sys.stdout.flush()                  # here, so that a closed pipe is caught below
+        return status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:                 # `npgpt gradcheck | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

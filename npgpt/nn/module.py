@@ -5,10 +5,11 @@ gradient the backward passes accumulate into). A `Module` owns Parameters and ch
 as attributes; it finds them by walking its attributes, so a model's parameter names follow its
 attribute names: ``h.0.attn.c_attn.weight``.
 
-The protocol (DESIGN.md): ``forward(...)`` computes the output and keeps the cache of its last
-call; ``backward(dout)`` adds (``+=``) each parameter's gradient into ``.grad`` and returns the
-gradient of its input(s). Because gradients accumulate, one Parameter used in two places (a tied
-embedding and head) receives the sum of both contributions, which is the chain rule.
+The protocol (ARCHITECTURE.md, "The layer protocol"): ``forward(...)`` computes the output and
+keeps the cache of its last call; ``backward(dout)`` adds (``+=``) each parameter's gradient into
+``.grad`` and returns the gradient of its input(s). Because gradients accumulate, one Parameter
+used in two places (a tied embedding and head) receives the sum of both contributions, which is
+the chain rule.
 
 The arrays of a Parameter are only ever updated in place (``p.data[...] = ...``, ``p.grad += ...``),
 never rebound by a layer or an optimizer. One explicit, named step moves them:
