@@ -23,8 +23,9 @@ left, it would wait forever. So:
     which ends the others;
   - a process that hangs (alive, but never reaching the collective) is caught by a watchdog: a
     thread that ends the job when this process has waited in one collective for longer than
-    NPGPT_DIST_TIMEOUT seconds (default 1800: the longest gap between two collectives is a
-    step, an evaluation, or the start: the tokenizer, the data, Numba's compile).
+    NPGPT_DIST_TIMEOUT seconds. As every rank does the same work, a wait is only how far the
+    slowest rank lags (rank 0 writing a checkpoint, a busier machine, Numba compiling on one
+    machine and loading its cache on another): the default, 1800, is generous.
 """
 
 from __future__ import annotations
