@@ -147,8 +147,7 @@ class FinetuneConfig:
         check.fractions("dropout", unset=_START)
         check.fractions("val_fraction", "test_fraction", zero=False)
         check.choices()
-        check.flags("reinit", "merge")
-        check.flags("shard_optimizer")
+        check.flags("reinit", "merge", "shard_optimizer")
         check.names("lora_targets", "freeze")
         if self.freeze_blocks is not None and not (
                 isinstance(self.freeze_blocks, tuple) and len(self.freeze_blocks) == 2

@@ -158,8 +158,7 @@ class Seq2SeqConfig:
             fail("max_len", f"at least min-len={self.min_len}")
         if self.d_model % self.n_head:
             fail("n_head", f"a divisor of d-model={self.d_model}")
-        check.flags("norm_first", "share_embeddings")
-        check.flags("shard_optimizer")
+        check.flags("norm_first", "share_embeddings", "shard_optimizer")
 
     @property
     def resolved_task(self) -> str | None:
