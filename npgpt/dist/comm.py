@@ -167,6 +167,7 @@ class Comm:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
+        time.sleep(0.5)          # the launcher forwards what was printed before it ends the job
         self.comm.Abort(code)    # tells the launcher, which ends every process...
         os._exit(code)           # ...but may return before it has ended this one
 
