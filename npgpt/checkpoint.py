@@ -141,9 +141,9 @@ class Checkpoint:
                 raise ValueError(f"{where} holds no optimizer state: expected one to restore "
                                  f"{type(optimizer).__name__} (was it saved with optimizer=None?)")
             saved_type = self.meta["optimizer"].get("type")
-            if saved_type != type(optimizer).__name__:
+            if saved_type != optimizer_type(optimizer):
                 raise ValueError(f"{where} holds the state of a {saved_type} optimizer: "
-                                 f"expected {type(optimizer).__name__}")
+                                 f"expected {optimizer_type(optimizer)}")
         self._check_arrays(model, where)
         if optimizer is not None:      # checks everything, then writes; the model is checked already
             try:
@@ -188,6 +188,12 @@ class Checkpoint:
                              f"are not the model's {sorted(rng_names)}")
 
 
+def optimizer_type(optimizer) -> str:
+    """The optimizer type a checkpoint records: the class name, or the checkpoint_type of an
+    optimizer whose state_dict is another's (npgpt.dist's ShardedAdamW saves as AdamW)."""
+    return getattr(optimizer, "checkpoint_type", type(optimizer).__name__)
+
+
 def save(path, model: Module, optimizer=None, **meta) -> Path:
     """Write model (parameters, config, dropout generator states), optionally the optimizer's
     state, and the JSON-serialisable entries of meta to one safetensors file, atomically.
@@ -205,7 +211,7 @@ def save(path, model: Module, optimizer=None, **meta) -> Path:
     header = {"model": type(model).__name__, "config": config,
               "rng": rng_states(model), **meta}
     if optimizer is not None:
-        plain = {"type": type(optimizer).__name__}
+        plain = {"type": optimizer_type(optimizer)}
         for k, v in optimizer.state_dict().items():
             if isinstance(v, np.ndarray):
                 arrays[f"optimizer.{k}"] = np.ascontiguousarray(v)

@@ -7,6 +7,7 @@ The loop, for any model that follows npgpt's protocol (forward -> loss, backward
     loss  = loss_fn(model, batch)               default: model.forward(*batch)[1]
     stop if loss is not finite                  (nothing updated; the last checkpoint is kept)
     zero_grad; backward_fn(model)                default: model.backward()
+    parallel.sync_gradients(optimizer, batch)   data parallel only (npgpt.dist): sum the ranks' shares
     norm  = clip_grad_norm(optimizer, clip)     stop if the norm is not finite
     optimizer.lr = schedule(s); optimizer.step()
     log {step, loss, lr, grad_norm, tokens_per_s, elapsed}   one JSON line per step + progress bar
@@ -29,6 +30,10 @@ Any model trains on it: build the model and the optimizer, then
 RunLog (progress bar + JSONL), check_finite and graceful_interrupt are usable on their own.
 The runs behind the commands (npgpt.runs: pre-training, seq2seq, fine-tuning) are Trainers
 with their data, model and settings around them.
+
+Why one file: the loop and the small pieces only it uses (the log and its bar, the signals that
+stop a run, the finite checks, the seams for other processes and for training health) are read
+together; each is a few dozen lines that make sense only beside the step it serves.
 """
 
 from __future__ import annotations
@@ -221,6 +226,10 @@ class Trainer:
     on_step:      on_step(trainer, record) after each step's record (tests, custom logging)
     around_step:  around_step(trainer, step) -> a context manager the step runs in; the dict it
                   yields is added to the step's record (npgpt.trace.health: --health-every)
+    parallel:     None (one process), or a data-parallel group (npgpt.dist.DataParallel) whose
+                  sync_gradients(optimizer, batch) runs between the backward and the clip;
+                  only its writer (rank 0) writes the log, the bar and the checkpoints, and
+                  any(flag) makes a Ctrl-C stop every process at the same step
     """
 
     def __init__(self, model, optimizer, batch_fn: Callable, *, max_iters: int,
@@ -230,7 +239,7 @@ class Trainer:
                  eval_interval: int = 0, checkpoint_interval: int = 0, out_dir=None,
                  meta: dict | None = None, seed: int = 0, progress: bool | None = True,
                  tokens_fn: Callable = _default_tokens, on_step: Callable | None = None,
-                 around_step: Callable | None = None):
+                 around_step: Callable | None = None, parallel=None):
         for name, value in (("max_iters", max_iters), ("eval_interval", eval_interval),
                             ("checkpoint_interval", checkpoint_interval)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -253,6 +262,8 @@ class Trainer:
         self.progress = progress
         self.on_step = on_step           # called as on_step(trainer, record) after each step
         self.around_step = around_step   # around_step(trainer, step): the context of each step
+        self.parallel = parallel
+        self.writer = parallel is None or parallel.writer     # writes the log, bar, checkpoints
         self.rng = np.random.default_rng(seed)     # the batch sampler's generator
         self.step = 0
         self.elapsed = 0.0
@@ -271,6 +282,9 @@ class Trainer:
             if not np.isfinite(p.data).all():
                 raise TrainingDiverged(f"step {self.step}: parameter {name} holds NaN or infinite "
                                        f"values: not saved; {self._kept()}", self.step)
+        if not self.writer:     # rank 0 writes; a sharded optimizer's state_dict is a collective
+            self.optimizer.state_dict()
+            return self.checkpoint_path
         return ckpt_io.save(self.checkpoint_path, self.model, self.optimizer, **self.meta,
                             step=self.step, elapsed=self.elapsed,
                             batch_rng=self.rng.bit_generator.state,
@@ -298,13 +312,14 @@ class Trainer:
         """Train from self.step + 1 to max_iters. Raises TrainingDiverged on a NaN/inf loss,
         gradient norm, validation loss or parameter (the checkpoint on disk stays the last good one)."""
         log_path = self.out_dir / LOG_NAME if self.out_dir is not None else None
-        log = RunLog(log_path, self.max_iters, self.step, self.progress)
+        log = RunLog(log_path if self.writer else None, self.max_iters, self.step,
+                     self.progress if self.writer else False)
         self._clock = (time.perf_counter(), self.elapsed)    # elapsed = earlier sessions + this one
         self.model.train()
         try:
             with graceful_interrupt() as ctrl_c:
                 losses = self._loop(log, ctrl_c)
-            interrupted = ctrl_c["requested"]
+                interrupted = self._stop_requested(ctrl_c)
             if interrupted and self.out_dir is not None:
                 self._tick()
                 self.save()
@@ -319,7 +334,7 @@ class Trainer:
 
     def _loop(self, log: RunLog, ctrl_c: dict) -> list:
         losses, since_eval = [], []
-        while self.step < self.max_iters and not ctrl_c["requested"]:
+        while self.step < self.max_iters and not self._stop_requested(ctrl_c):
             with self._around_step() as extra:
                 rec = self._train_step()
             rec.update(extra)
@@ -342,6 +357,10 @@ class Trainer:
         if self.around_step is None:
             return contextlib.nullcontext({})
         return self.around_step(self, self.step + 1)
+    def _stop_requested(self, ctrl_c: dict) -> bool:
+        if self.parallel is not None:     # every process stops at the same step
+            ctrl_c["requested"] = self.parallel.any(ctrl_c["requested"])
+        return ctrl_c["requested"]
 
     def _kept(self) -> str:
         path = self.checkpoint_path
@@ -365,6 +384,8 @@ class Trainer:
             check_finite(step, loss=loss)
             self.optimizer.zero_grad()
             self.backward_fn(self.model)
+            if self.parallel is not None:
+                self.parallel.sync_gradients(self.optimizer, batch)
             # grad_clip 0: measure the norm only (a max_norm no finite norm reaches)
             norm = clip_grad_norm(self.optimizer, self.grad_clip or np.finfo(np.float64).max)
             check_finite(step, gradient_norm=norm)

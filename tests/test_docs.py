@@ -54,10 +54,12 @@ BLOCK_TIMEOUT = 600                              # seconds; a block that takes t
 # shortened the same way, so a resumed run still goes further than the run it continues.
 STEPS = lambda n: max(1, math.ceil(n / 100))     # noqa: E731   300 -> 3, 1500 -> 15, 8000 -> 80
 SHORTER = {
-    ("train",): {"--max-iters": (STEPS, 15), "--sample-tokens": (lambda n: min(n, 30), 30)},
-    ("finetune",): {"--max-iters": (STEPS, 3), "--sample-tokens": (lambda n: min(n, 30), 30)},
-    ("seq2seq", "train"): {"--max-iters": (STEPS, 20), "--n-train": (lambda n: min(n, 2000), 2000),
-                           "--n-test": (lambda n: min(n, 50), 50)},
+    ("train",): {"--max-iters": (STEPS, 15), "--warmup": (STEPS, None),
+                 "--sample-tokens": (lambda n: min(n, 30), 30)},
+    ("finetune",): {"--max-iters": (STEPS, 3), "--warmup": (STEPS, None),
+                    "--sample-tokens": (lambda n: min(n, 30), 30)},
+    ("seq2seq", "train"): {"--max-iters": (STEPS, 20), "--warmup": (STEPS, None),
+                           "--n-train": (lambda n: min(n, 2000), 2000), "--n-test": (lambda n: min(n, 50), 50)},
     ("sample",): {"--max-new-tokens": (lambda n: min(n, 60), None)},
 }
 

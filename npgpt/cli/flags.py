@@ -25,6 +25,7 @@ import sys
 import typing
 from types import ModuleType
 
+from .. import dist
 from ..runs.settings import flag_name
 from ..runs.skeleton import RunSpec
 from ..trainer import TrainingDiverged
@@ -106,11 +107,12 @@ def run_training(args: argparse.Namespace, config_cls, run: ModuleType) -> int:
     prog = run.SPEC.command
     flags = config_flags(args, config_cls)
     try:
-        if args.resume:
-            cfg = run.resume_config(flags.get("out", config_cls.out), flags)
-        else:
-            cfg = config_cls(**flags)
-        result = run.run(cfg, resume=args.resume, progress=None)
+        with dist.guard(prog):        # under mpiexec: an error on one process ends them all
+            if args.resume:
+                cfg = run.resume_config(flags.get("out", config_cls.out), flags)
+            else:
+                cfg = config_cls(**flags)
+            result = run.run(cfg, resume=args.resume, progress=None)
     except TrainingDiverged as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 1

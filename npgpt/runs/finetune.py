@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import checkpoint as ckpt_io
-from .. import kernels
+from .. import dist, kernels
 from ..config import GPT_PRESETS, GPTConfig
 from ..files import write_atomic
 from ..finetune import lora_settings, merge_lora, save_lora
@@ -50,8 +50,9 @@ from ..sample import vocab_note
 from ..tokenizers import CharTokenizer, tokenizer_from_dict
 from ..trainer import CHECKPOINT_NAME, LOG_NAME, TrainResult
 from .finetune_tasks import assemble, read_task
-from .settings import BACKENDS, DTYPES, Checker, is_int, setting
-from .skeleton import RunSpec, Session, print_sample, resume_settings
+from .settings import (ALLREDUCE_HELP, ALLREDUCES, BACKENDS, DTYPES,
+                       PARALLEL_SETTINGS, SHARD_HELP, Checker, is_int, setting)
+from .skeleton import RunSpec, Session, print_sample, processes, resume_settings
 
 OUTPUTS = {"checkpoint": CHECKPOINT_NAME, "metrics": "metrics.json",
            "adapters": "adapters.safetensors", "merged": "merged.safetensors"}
@@ -128,6 +129,8 @@ class FinetuneConfig:
     backend: str | None = setting(None, "kernel backend", choices=BACKENDS,
                                   shown="NPGPT_BACKEND or the fastest")
     sample_tokens: int = setting(200, "lm: tokens to sample and print at the end (0: none)")
+    allreduce: str = setting("mpi", ALLREDUCE_HELP, choices=ALLREDUCES)
+    shard_optimizer: bool = setting(False, SHARD_HELP)
 
     def __post_init__(self):
         check = Checker(self)
@@ -148,7 +151,7 @@ class FinetuneConfig:
         check.fractions("dropout", unset=_START)
         check.fractions("val_fraction", "test_fraction", zero=False)
         check.choices()
-        check.flags("reinit", "merge")
+        check.flags("reinit", "merge", "shard_optimizer")
         check.names("lora_targets", "freeze")
         known = [*LORA_TARGETS, *(path for paths in LORA_TARGETS.values() for path in paths)]
         if not self.lora_targets or not set(self.lora_targets) <= set(known):
@@ -195,7 +198,7 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(FinetuneConfig)}
 SPEC = RunSpec(command="npgpt finetune", section="finetune",
                # settings a resumed run may change; the rest must match the checkpoint
                resumable=("max_iters", "eval_interval", "checkpoint_interval", "out", "backend",
-                          "sample_tokens", "merge"),
+                          "sample_tokens", "merge", *PARALLEL_SETTINGS),
                outputs=(CHECKPOINT_NAME, LOG_NAME, *list(OUTPUTS.values())[1:]),
                kept=tuple(OUTPUTS.values()), paths=("init", "data", "test_data"),
                hashed=("data", "test_data"))
@@ -229,10 +232,15 @@ def run(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = True,
         on_step: Callable | None = None, print_fn: Callable = print) -> FinetuneResult:
     """Fine-tune as cfg says; with resume, continue the checkpoint in cfg.out. Runs on
     cfg.backend (the backend in use before is restored afterwards)."""
-    with kernels.backend(cfg.backend or kernels.current_backend()):
+    with kernels.backend(cfg.backend or kernels.current_backend()), processes(cfg, SPEC) as group:
         if not resume:
             _check_not_init(cfg)
-        session = Session(SPEC, cfg, resume)
+        session = Session(SPEC, cfg, resume, group)
+        if group is not None and cfg.task == "classify" and cfg.aux_lm_weight:
+            raise dist.Refused(f"--aux-lm-weight {cfg.aux_lm_weight:g} with {group.size} processes: the "
+                               f"class loss is a mean over rows and the language-model loss over "
+                               f"tokens, so no one weight per process makes their sum the global "
+                               f"batch's; train on one process, or with --aux-lm-weight 0")
         task = read_task(cfg)                                   # the raw texts, before a tokenizer
         session.use_data(task.source, task.sha256)
         gpt, tok, source = _start(cfg, session.saved, task)
@@ -256,7 +264,7 @@ def run(cfg: FinetuneConfig, resume: bool = False, progress: bool | None = True,
             metrics.update(before)
             trainer.meta["before"] = before
         result = trainer.run()
-        if session.report_interrupted(result, print_fn):
+        if session.report_interrupted(result, print_fn) or not session.writer:   # rank 0 finishes
             return FinetuneResult(result, metrics, {"checkpoint": result.checkpoint})
         return _finish(cfg, session, trainer, task, tok, result, metrics, print_fn)
 

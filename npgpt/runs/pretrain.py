@@ -29,8 +29,9 @@ from ..optim import WarmupCosine
 from ..tokenizers import BPETokenizer, CharTokenizer, tokenizer_from_dict
 from ..trace.health import Health
 from ..trainer import CHECKPOINT_NAME, LOG_NAME, TrainResult
-from .settings import BACKENDS, DTYPES, WARMUP_SHOWN, Checker, default_warmup, setting
-from .skeleton import RunSpec, Session, print_sample, resume_settings
+from .settings import (ALLREDUCE_HELP, ALLREDUCES, BACKENDS, DTYPES, PARALLEL_SETTINGS,
+                       SHARD_HELP, WARMUP_SHOWN, Checker, default_warmup, setting)
+from .skeleton import RunSpec, Session, print_sample, processes, resume_settings
 
 TOKENIZERS = ("char", "bpe")
 _UNSET = "the preset's"
@@ -82,6 +83,8 @@ class PretrainConfig:
     sample_tokens: int = setting(300, "tokens to sample and print at the end (0: none)")
     health_every: int = setting(0, "every N steps, log each layer's activation std, gradient norm and "
                                    "update/weight ratio to log.jsonl, for `npgpt plot` (0: never)")
+    allreduce: str = setting("mpi", ALLREDUCE_HELP, choices=ALLREDUCES)
+    shard_optimizer: bool = setting(False, SHARD_HELP)
 
     def __post_init__(self):
         check = Checker(self)
@@ -104,6 +107,7 @@ class PretrainConfig:
         if self.tokenizer == "bpe" and self.vocab_size < 257:
             fail("vocab_size", "at least 257 for --tokenizer bpe (256 bytes + <|endoftext|>)")
         check.choices()
+        check.flags("shard_optimizer")
 
     @property
     def warmup_steps(self) -> int:
@@ -120,7 +124,7 @@ class PretrainConfig:
 SPEC = RunSpec(command="npgpt train", section="train",
                # settings a resumed run may change; the rest must match the checkpoint
                resumable=("max_iters", "eval_interval", "checkpoint_interval", "out", "backend",
-                          "sample_tokens", "health_every"),
+                          "sample_tokens", "health_every", *PARALLEL_SETTINGS),
                outputs=(CHECKPOINT_NAME, LOG_NAME), paths=("data",), hashed=("data",))
 RESUMABLE_CHANGES = SPEC.resumable
 
@@ -166,8 +170,8 @@ def run(cfg: PretrainConfig, resume: bool = False, progress: bool | None = True,
     Runs on cfg.backend (the backend in use before is restored afterwards). Prints what it does
     (corpus, model size, final losses and a sample) through print_fn.
     """
-    with kernels.backend(cfg.backend or kernels.current_backend()):
-        session = Session(SPEC, cfg, resume)
+    with kernels.backend(cfg.backend or kernels.current_backend()), processes(cfg, SPEC) as group:
+        session = Session(SPEC, cfg, resume, group)
         text, source = load_corpus(cfg)
         session.use_data(source, hashlib.sha256(text.encode("utf-8")).hexdigest())
         tok = (tokenizer_from_dict(session.saved.meta["tokenizer"]) if session.saved is not None
@@ -197,6 +201,6 @@ def run(cfg: PretrainConfig, resume: bool = False, progress: bool | None = True,
                  f"backend {kernels.current_backend()}")
         result = trainer.run()
         session.report(result, print_fn)
-        if cfg.sample_tokens and result.step > 0 and not result.interrupted:
+        if cfg.sample_tokens and session.writer and result.step > 0 and not result.interrupted:
             print_sample(model, tok, cfg.sample_tokens, cfg.seed, print_fn)
     return result

@@ -46,11 +46,13 @@ from ..data import TASKS
 from ..models.transformer import Transformer
 from ..optim import Noam, WarmupCosine
 from ..trainer import CHECKPOINT_NAME, LOG_NAME, RunLog, TrainResult
-from .seq2seq_data import Seq2SeqData, batch_fn, check_pairs, fitted_seq_len, load_data, tokens_fn
+from .seq2seq_data import (Seq2SeqData, batch_fn, check_pairs, fitted_seq_len, load_data, target_tokens,
+                           tokens_fn)
 from .seq2seq_eval import (Evaluation, evaluate, load_seq2seq, translate_ids, translate_texts,
                            validation_loss)
-from .settings import BACKENDS, DTYPES, WARMUP_SHOWN, Checker, default_warmup, is_number, setting
-from .skeleton import RunSpec, Session, resume_settings
+from .settings import (ALLREDUCE_HELP, ALLREDUCES, BACKENDS, DTYPES, PARALLEL_SETTINGS,
+                       SHARD_HELP, WARMUP_SHOWN, Checker, default_warmup, is_number, setting)
+from .skeleton import RunSpec, Session, processes, resume_settings
 
 __all__ = ["Seq2SeqConfig", "Seq2SeqResult", "run", "resume_config", "RESUMABLE_CHANGES",
            "load_data", "check_pairs", "evaluate", "load_seq2seq", "translate_ids", "translate_texts",
@@ -121,6 +123,8 @@ class Seq2SeqConfig:
     backend: str | None = setting(None, "kernel backend", choices=BACKENDS,
                                   shown="NPGPT_BACKEND or the fastest")
     examples: int = setting(5, "held-out translations to print at the end")
+    allreduce: str = setting("mpi", ALLREDUCE_HELP, choices=ALLREDUCES)
+    shard_optimizer: bool = setting(False, SHARD_HELP)
 
     def __post_init__(self):
         check = Checker(self)
@@ -156,7 +160,7 @@ class Seq2SeqConfig:
             fail("max_len", f"at least min-len={self.min_len}")
         if self.d_model % self.n_head:
             fail("n_head", f"a divisor of d-model={self.d_model}")
-        check.flags("norm_first", "share_embeddings")
+        check.flags("norm_first", "share_embeddings", "shard_optimizer")
 
     @property
     def resolved_task(self) -> str | None:
@@ -193,7 +197,7 @@ class Seq2SeqConfig:
 SPEC = RunSpec(command="npgpt seq2seq train", section="seq2seq",
                # settings a resumed run may change; the rest must match the checkpoint
                resumable=("max_iters", "eval_interval", "checkpoint_interval", "out", "backend",
-                          "examples"),
+                          "examples", *PARALLEL_SETTINGS),
                outputs=(CHECKPOINT_NAME, LOG_NAME, EVAL_LOG_NAME), paths=("data",), hashed=("data",))
 RESUMABLE_CHANGES = SPEC.resumable
 
@@ -249,8 +253,8 @@ def run(cfg: Seq2SeqConfig, resume: bool = False, progress: bool | None = True,
     in cfg.out. Runs on cfg.backend (the backend in use before is restored afterwards). Prints
     the data, the model, evaluations, the final held-out exact match and a few example
     translations through print_fn."""
-    with kernels.backend(cfg.backend or kernels.current_backend()):
-        session = Session(SPEC, cfg, resume)
+    with kernels.backend(cfg.backend or kernels.current_backend()), processes(cfg, SPEC) as group:
+        session = Session(SPEC, cfg, resume, group)
         data = load_data(cfg)
         session.use_data(data.source, data.sha256, n_train=len(data.train), n_test=len(data.test))
         seq_len = cfg.seq_len or fitted_seq_len(data.train + data.test)
@@ -260,13 +264,14 @@ def run(cfg: Seq2SeqConfig, resume: bool = False, progress: bool | None = True,
         held_out = HeldOut(data)
         trainer = session.trainer(
             model, session.adamw(model, eps=cfg.eps), batch_fn(data.train, data.vocab, cfg.batch_size, seq_len),
-            eval_fn=held_out.loss, schedule=cfg.schedule_fn(), tokens_fn=tokens_fn,
+            eval_fn=held_out.loss, schedule=cfg.schedule_fn(), tokens_fn=tokens_fn, units=target_tokens,
             meta={"vocab": data.vocab.to_dict(), "exact_match": held_out.history},
             progress=progress, on_step=held_out.after_step(on_step))
         if session.resume(trainer, print_fn):
             held_out.history.update(session.saved.meta.get("exact_match", {}))
         _describe(data, model, print_fn)
-        held_out.log = RunLog(session.out / EVAL_LOG_NAME, cfg.max_iters, trainer.step, progress=False)
+        held_out.log = RunLog(session.out / EVAL_LOG_NAME if session.writer else None, cfg.max_iters,
+                              trainer.step, progress=False)
         try:
             result = trainer.run()
         finally:

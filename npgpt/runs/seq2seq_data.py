@@ -115,6 +115,11 @@ def batch_fn(pairs, vocab, batch_size: int, max_len: int) -> Callable:
                                  vocab, max_len)
 
 
+def target_tokens(batch) -> int:
+    """The target positions the loss is a mean over (the real tokens and the end-of-sequence)."""
+    return int((~batch.tgt_pad).sum())
+
+
 def tokens_fn(batch) -> int:
     """Real (non-pad) tokens of a batch, source and target: for tokens/s."""
     return int((~batch.src_pad).sum() + (~batch.tgt_pad).sum())

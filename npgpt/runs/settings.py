@@ -29,6 +29,13 @@ def default_warmup(max_iters: int) -> int:
     """The warmup of a run that sets none: 100 steps, or a tenth of a shorter run (at least 1),
     so that a default never makes a short run invalid."""
     return min(100, max(1, max_iters // 10))
+# Several processes (mpiexec -n P; npgpt.dist): the settings every run has, and their help.
+ALLREDUCES = ("mpi", "ring")
+ALLREDUCE_HELP = ("under mpiexec: how the gradients are summed across processes: mpi "
+                  "(MPI_Allreduce) or ring (npgpt.dist.ring, written with messages)")
+SHARD_HELP = ("under mpiexec: ZeRO stage 1, each process keeps AdamW's moments for 1/P of the "
+              "parameters")
+PARALLEL_SETTINGS = ("allreduce", "shard_optimizer")    # a resumed run may change them (and P)
 
 
 def setting(default, help: str, *, choices: tuple | None = None, metavar=None,

@@ -2,10 +2,12 @@
 
 A run, whatever it trains, goes through the same steps; this module writes each of them once:
 
-    with kernels.backend(cfg.backend or kernels.current_backend()):   # restored afterwards
-        session = Session(SPEC, cfg, resume)      # --out checked before any work; on --resume,
-                                                  # the checkpoint there is read
-        session.use_data(source, sha256)          # on --resume: the same data, or an error
+    with kernels.backend(cfg.backend or kernels.current_backend()), \
+            processes(cfg, SPEC) as group:         # under mpiexec -n P: the data-parallel group
+        session = Session(SPEC, cfg, resume, group)   # --out checked before any work; on
+                                                  # --resume, the checkpoint there is read
+        session.use_data(source, sha256)          # on --resume: the same data, or an error;
+                                                  # under mpiexec: the same on every process
         ... the run's own data and model ...
         opt = session.adamw(model)                # AdamW: cfg.lr, (cfg.beta1, cfg.beta2), ...
         trainer = session.trainer(model, opt, batch_fn, eval_fn=..., schedule=...,
@@ -19,10 +21,17 @@ spec.resumable may differ from the saved ones, so a resumed run follows the save
 The checkpoint holds the settings as the run used them (settings_as_run): file paths made
 absolute, so `--resume` works from any folder, and a default that depends on other settings
 (the warmup) pinned, so a resumed run with another --max-iters keeps its warmup.
+
+Under mpiexec -n P (P > 1; docs/distributed.md) the same code runs on every process: the
+Session refuses to start unless all have the same settings and data, builds the sharded
+optimizer for --shard-optimizer, hands each process its share of every batch (units: what the
+loss is a mean over, so the shares' weighted losses add up to the global batch's) and makes the
+Trainer data-parallel. Rank 0 alone writes files and prints; an error anywhere ends every process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -33,7 +42,7 @@ from typing import Callable
 import numpy as np
 
 from .. import checkpoint as ckpt_io
-from .. import kernels
+from .. import dist, kernels
 from ..optim import AdamW
 from ..sample import default_prompt, generate_text
 from ..trainer import CHECKPOINT_NAME, Trainer, TrainResult
@@ -115,20 +124,38 @@ def _same_setting(spec: RunSpec, name: str, given, saved) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def processes(cfg, spec: RunSpec):
+    """The processes a run trains on: None when it is the only one (no MPI launch: nothing
+    changes, mpi4py is not imported), else the DataParallel group of the launch (cfg.allreduce).
+    Inside, an error on any process ends every process (npgpt.dist.guard), and the processes
+    other than rank 0 print nothing (their stdout goes to os.devnull; stderr stays)."""
+    if not dist.launched():
+        yield None
+        return
+    with dist.guard(spec.command) as comm, contextlib.ExitStack() as stack:
+        group = dist.DataParallel(comm, cfg.allreduce)
+        if not group.writer:
+            stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+        yield group
+
+
 class Session:
     """One run of spec's command with settings cfg: its --out folder, the checkpoint it resumes
     (saved, or None) and the pieces every run builds the same way (see the module docstring).
-    Made inside the run's backend context; reads, never writes (the Trainer writes)."""
+    Made inside the run's backend context; reads, never writes (the Trainer writes).
+    group: the data-parallel group (processes()), or None; writer: this process writes files."""
 
-    def __init__(self, spec: RunSpec, cfg, resume: bool):
-        self.spec, self.cfg = spec, cfg
+    def __init__(self, spec: RunSpec, cfg, resume: bool, group=None):
+        self.spec, self.cfg, self.group = spec, cfg, group
+        self.writer = group is None or group.writer
         self.out = check_out_folder(cfg.out, spec)
         self.data: dict = {}
         if resume:
             self.saved = ckpt_io.load(self.out / CHECKPOINT_NAME)
             return
         self.saved = None
-        there = [name for name in spec.kept if (self.out / name).exists()]
+        there = [name for name in spec.kept if self.writer and (self.out / name).exists()]
         if there:
             raise FileExistsError(f"--out {str(self.out)!r} already holds {there} of an earlier run: "
                                   f"pass --resume to continue it (in Python: run(cfg, resume=True)), "
@@ -136,7 +163,10 @@ class Session:
 
     def use_data(self, source: str, sha256: str, **facts) -> None:
         """Record what the run trains on (for the checkpoint's meta); on --resume, data whose
-        SHA-256 differs from the saved run's is an error."""
+        SHA-256 differs from the saved run's is an error. Under mpiexec: processes whose settings
+        or data differ from rank 0's refuse to start, naming the first that differs."""
+        if self.group is not None:
+            self.group.agree({"settings": dataclasses.asdict(self.cfg), "data (SHA-256)": sha256})
         if self.saved is not None and self.saved.meta.get("data", {}).get("sha256") != sha256:
             raise ValueError(f"--resume: {source} is not the data the run in {str(self.out)!r} was "
                              f"trained on (its SHA-256 differs): resume with the same data")
@@ -144,26 +174,46 @@ class Session:
 
     def adamw(self, model, **extra) -> AdamW:
         """AdamW over the model's parameters with the settings' lr, betas (beta1, beta2) and
-        weight_decay; extra: more AdamW arguments (eps)."""
+        weight_decay; extra: more AdamW arguments (eps). Under mpiexec with --shard-optimizer:
+        npgpt.dist.ShardedAdamW, the same optimizer with its moments split across the processes."""
         cfg = self.cfg
-        return AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                     weight_decay=cfg.weight_decay, **extra)
+        args = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, **extra)
+        if self.group is not None and cfg.shard_optimizer:
+            return dist.ShardedAdamW(model.parameters(), self.group.comm, self.group.method, **args)
+        return AdamW(model.parameters(), **args)
 
     def trainer(self, model, optimizer, batch_fn: Callable, *, meta: dict, progress=True,
-                on_step: Callable | None = None, **loop) -> Trainer:
+                on_step: Callable | None = None, units: Callable = dist.rows, **loop) -> Trainer:
         """The run's Trainer: the settings' max_iters, grad_clip, intervals and seed, --out,
         and a checkpoint meta of the settings, the data, the backend and meta; loop: the
-        Trainer's run-specific arguments (loss_fn, eval_fn, schedule, tokens_fn)."""
+        Trainer's run-specific arguments (loss_fn, eval_fn, schedule, tokens_fn). units(batch):
+        what the loss is a mean over (rows; seq2seq: real target tokens), for the shares'
+        weights under mpiexec, where every process trains on its share of each batch."""
         cfg = self.cfg
         meta = {self.spec.section: dataclasses.asdict(settings_as_run(cfg, self.spec)), "data": self.data,
                 "backend": kernels.current_backend(), **meta}
+        if self.group is not None:
+            if cfg.batch_size < self.group.size:
+                raise dist.Refused(f"--batch-size {cfg.batch_size} cannot be shared by {self.group.size} "
+                                   f"processes: expected at least one row each (a larger --batch-size, "
+                                   f"or fewer processes)")
+            loop.update(self.group.wrap(batch_fn, units, loop.pop("loss_fn", None), loop.pop("tokens_fn", None)))
+            batch_fn = loop.pop("batch_fn")
         return Trainer(model, optimizer, batch_fn, max_iters=cfg.max_iters, grad_clip=cfg.grad_clip,
                        eval_interval=cfg.eval_interval, checkpoint_interval=cfg.checkpoint_interval,
                        out_dir=self.out, meta=meta, seed=cfg.seed, progress=progress,
-                       on_step=on_step, **loop)
+                       on_step=on_step, parallel=self.group, **loop)
 
     def resume(self, trainer: Trainer, print_fn: Callable = print) -> bool:
-        """On --resume: restore the trainer from the saved checkpoint and say where it stands."""
+        """On --resume: restore the trainer from the saved checkpoint and say where it stands.
+        Under mpiexec: first say how the processes share the work."""
+        if self.group is not None:
+            g, cfg = self.group, self.cfg
+            print_fn(f"processes: {g.size} (mpiexec), each with {cfg.batch_size // g.size}"
+                     f"{'' if cfg.batch_size % g.size == 0 else ' or ' + str(cfg.batch_size // g.size + 1)} "
+                     f"of the {cfg.batch_size} rows of every batch; gradients summed by "
+                     f"{'MPI_Allreduce' if g.method == 'mpi' else 'the ring all-reduce'}"
+                     + ("; AdamW's moments sharded (ZeRO-1)" if cfg.shard_optimizer else ""))
         if self.saved is None:
             return False
         trainer.resume(self.saved)
