@@ -46,3 +46,15 @@ from .loss import CrossEntropyLoss, cross_entropy_backward, cross_entropy_forwar
 from .mlp import MLP
 from .module import Module, ModuleList, Parameter, flatten_parameters
 from .norm import LayerNorm, layernorm_backward, layernorm_forward
+
+__all__ = ["GELU", "Activation", "ReLU", "Softmax", "activation_functions", "gelu_backward",
+           "gelu_forward", "gelu_tanh_backward", "gelu_tanh_forward", "relu_backward",
+           "relu_forward", "softmax_backward", "softmax_forward", "KVCache", "MultiHeadAttention",
+           "merge_heads", "split_heads", "Block", "DecoderLayer", "EncoderLayer", "Dropout",
+           "dropout_backward", "dropout_forward", "Embedding", "LearnedPositionalEmbedding",
+           "SinusoidalPositionalEncoding", "embedding_backward", "embedding_forward",
+           "sinusoidal_encoding", "TiedHead", "tied_head_backward", "tied_head_forward", "Linear",
+           "linear_backward", "linear_forward", "LoRALinear", "lora_backward", "lora_forward",
+           "CrossEntropyLoss", "cross_entropy_backward", "cross_entropy_forward", "MLP", "Module",
+           "ModuleList", "Parameter", "flatten_parameters", "LayerNorm", "layernorm_backward",
+           "layernorm_forward"]
