@@ -11,7 +11,8 @@ Models (batch B, sequence T; float32; learned positions, tied head, biases, GELU
     gpt2       12 layers, 12 heads, 768 wide, vocab 50257, B=4, T=64  (GPT-2 124M)
 
 A step is: forward with targets (mean cross-entropy), zero the gradients, backward, clip the
-global gradient norm to 1.0, one AdamW step (lr 3e-4, betas (0.9, 0.95), weight decay 0.1 on
+global gradient norm to 1.0, one AdamW step (npgpt as its Trainer does it: the clip and the
+zeroing inside the AdamW pass, step(grad_scale=clip_coef(norm, 1.0), zero_grad=True)) (lr 3e-4, betas (0.9, 0.95), weight decay 0.1 on
 the Linear weights only, npgpt's rule, given to torch as param groups). Both sides start from
 the same initialisation scheme (not the same numbers) and see the same random batch: their
 first losses are both about ln(vocab size), printed as a check.
@@ -83,7 +84,7 @@ def flops_per_step(model: str, n_params: int) -> float:
 def npgpt_step(model: str):
     """(step function, first loss, multiplying parameters, settings) for npgpt on the current backend."""
     from npgpt import GPT, GPTConfig
-    from npgpt.optim import AdamW, clip_grad_norm
+    from npgpt.optim import AdamW, clip_coef, grad_norm
 
     m = MODELS[model]
     cfg = GPTConfig(**{k: m[k] for k in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size")})
@@ -91,12 +92,11 @@ def npgpt_step(model: str):
     opt = AdamW(net.parameters(), lr=HYPER["lr"], betas=HYPER["betas"], weight_decay=HYPER["weight_decay"])
     x, y = batch(model)
 
-    def step():
+    def step():                    # as the Trainer steps: the gradients are 0 on entry
         _, loss = net.forward(x, y)
-        opt.zero_grad()
         net.backward()
-        clip_grad_norm(opt, HYPER["grad_clip"])
-        opt.step()
+        norm = grad_norm(opt)
+        opt.step(grad_scale=clip_coef(norm, HYPER["grad_clip"]), zero_grad=True)   # clip, update, zero
         return loss
     n_params = net.num_parameters() - net.wpe.weight.size
     return step, n_params

@@ -6,9 +6,12 @@ The loop, for any model that follows npgpt's protocol (forward -> loss, backward
     batch = batch_fn(rng)                       the batch sampler's Generator, saved in checkpoints
     loss  = loss_fn(model, batch)               default: model.forward(*batch)[1]
     stop if loss is not finite                  (nothing updated; the last checkpoint is kept)
-    zero_grad; backward_fn(model)                default: model.backward()
-    norm  = clip_grad_norm(optimizer, clip)     stop if the norm is not finite
-    optimizer.lr = schedule(s); optimizer.step()
+    backward_fn(model)                          default: model.backward(), into zero gradients
+    norm  = grad_norm(optimizer)                stop if the norm is not finite
+    optimizer.lr = schedule(s)
+    optimizer.step(grad_scale=clip_coef(norm, clip), zero_grad=True)
+                                                the clip and the next step's zero_grad, folded
+                                                into the update (npgpt.optim: p.grad is 0 after)
     log {step, loss, lr, grad_norm, tokens_per_s, elapsed}   one JSON line per step + progress bar
     every eval_interval steps and at the end:   val_loss = eval_fn(model), in eval mode
     every checkpoint_interval steps and at the end: an atomic checkpoint
@@ -49,7 +52,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt_io
 from .files import write_atomic
-from .optim import clip_grad_norm
+from .optim import clip_coef, grad_norm
 
 CHECKPOINT_NAME = "ckpt.safetensors"
 LOG_NAME = "log.jsonl"
@@ -283,6 +286,7 @@ class Trainer:
         log = RunLog(log_path, self.max_iters, self.step, self.progress)
         self._clock = (time.perf_counter(), self.elapsed)    # elapsed = earlier sessions + this one
         self.model.train()
+        self.optimizer.zero_grad()       # once: from then on each step(zero_grad=True) zeroes them
         try:
             with graceful_interrupt() as ctrl_c:
                 losses = self._loop(log, ctrl_c)
@@ -336,17 +340,17 @@ class Trainer:
         loss = float(self.loss_fn(self.model, batch))
         try:
             check_finite(step, loss=loss)
-            self.optimizer.zero_grad()
-            self.backward_fn(self.model)
-            # grad_clip 0: measure the norm only (a max_norm no finite norm reaches)
-            norm = clip_grad_norm(self.optimizer, self.grad_clip or np.finfo(np.float64).max)
+            self.backward_fn(self.model)            # into zeros: run()'s zero_grad, then step's
+            norm = grad_norm(self.optimizer)
             check_finite(step, gradient_norm=norm)
         except TrainingDiverged as e:
             raise TrainingDiverged(f"{e}: training stopped before this step changed any "
                                    f"parameter; {self._kept()}", e.step) from None
         if self.schedule is not None:
             self.optimizer.lr = self.schedule(step)
-        self.optimizer.step()
+        # the clip (grad_clip 0: none) inside the update, which also zeroes p.grad for the next step
+        self.optimizer.step(grad_scale=clip_coef(norm, self.grad_clip) if self.grad_clip else 1.0,
+                            zero_grad=True)
         dt = time.perf_counter() - t0
         self.step = step
         self._tick()

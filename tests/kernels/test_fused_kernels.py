@@ -238,11 +238,30 @@ def test_adamw_update_equals_numpy_bit_for_bit(dtype, n, weight_decay):
     v = rng.random(n).astype(dtype)
     decay = rng.random(n) < 0.5
     want = [a.copy() for a in (p, m, v)]
-    for step in (1, 2, 10):
-        optim.adamw_update(*want[:1], g, *want[1:], decay, 3e-3, 0.9, 0.95, 1e-8, weight_decay, step)
-        cpu.adamw_update(p, g, m, v, decay, 3e-3, 0.9, 0.95, 1e-8, weight_decay, step)
-        for name, got, ref in zip("pmv", (p, m, v), want):
+    for step, scale, zero in ((1, 1.0, False), (2, 0.37, False), (10, 0.81, True)):
+        g_ref = g.copy()
+        optim.adamw_update(*want[:1], g_ref, *want[1:], decay, 3e-3, 0.9, 0.95, 1e-8, weight_decay, step,
+                           scale, zero)
+        cpu.adamw_update(p, g, m, v, decay, 3e-3, 0.9, 0.95, 1e-8, weight_decay, step, scale, zero)
+        for name, got, ref in zip("pmvg", (p, m, v, g), (*want, g_ref)):
             np.testing.assert_array_equal(got, ref, err_msg=f"{name} after step {step}")
+    assert not g.any()                            # zero_grad on the last step
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adamw_grad_scale_equals_scaling_the_gradient_first(dtype):
+    """The clip folded into the update: the same numbers as g *= coef, then a plain step."""
+    n = 2 * tasks.FLAT_CHUNK + 9
+    rng = np.random.default_rng(1)
+    p, g, m = (_normal(rng, n, dtype) for _ in range(3))
+    v = rng.random(n).astype(dtype)
+    decay = rng.random(n) < 0.5
+    want = [a.copy() for a in (p, m, v)]
+    scaled = g * 0.3
+    cpu.adamw_update(want[0], scaled, want[1], want[2], decay, 3e-3, 0.9, 0.95, 1e-8, 0.1, 3)
+    cpu.adamw_update(p, g, m, v, decay, 3e-3, 0.9, 0.95, 1e-8, 0.1, 3, 0.3)
+    for got, ref in zip((p, m, v), want):
+        np.testing.assert_array_equal(got, ref)
 
 
 def test_adamw_optimizer_on_numba_equals_numpy_bit_for_bit():

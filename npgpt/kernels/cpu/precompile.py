@@ -93,8 +93,8 @@ def _cross_entropy(a):
 
 
 def _adamw(flat):
-    p, m, v = flat.copy(), flat.copy(), flat * flat
-    adamw_update(p, flat, m, v, flat > 0, 1e-3, 0.9, 0.99, 1e-8, 0.1, 1)
+    p, g, m, v = flat.copy(), flat.copy(), flat.copy(), flat * flat
+    adamw_update(p, g, m, v, flat > 0, 1e-3, 0.9, 0.99, 1e-8, 0.1, 1)
     dt = flat.dtype.type
-    optimizer._adamw_tasks(p, flat, m, v, flat > 0, dt(1), dt(0.1), dt(0.99), dt(0.01), dt(0.1), dt(1e-8),
-                           dt(-1e-3), 1)
+    optimizer._adamw_tasks(p, g, m, v, flat > 0, dt(1), dt(0.1), dt(0.99), dt(0.01), dt(0.1), dt(1e-8),
+                           dt(-1e-3), dt(0.5), True, 1)
