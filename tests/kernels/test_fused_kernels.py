@@ -188,6 +188,14 @@ def _cross_entropy_equals_the_numpy_loss_body(N, V, dtype, smoothing, ignored, d
     assert_close("dlogits", grad, loss.cross_entropy_backward(dloss, want_cache), TOL[dtype])
     assert_close("dlogits across the caches", cpu.cross_entropy_backward(dloss, want_cache),
                  loss.cross_entropy_backward(dloss, got_cache), TOL[dtype])
+    # the gradient written during the forward: the two kernels' numbers, bit for bit
+    both, both_cache, both_grad = cpu.cross_entropy_forward_backward(logits, targets, -100, smoothing)
+    assert both == got and type(both_cache) is reference.CrossEntropyCache
+    np.testing.assert_array_equal(both_cache.lse, got_cache.lse)
+    np.testing.assert_array_equal(both_grad, cpu.cross_entropy_backward(1.0, got_cache))
+    want_both = loss.cross_entropy_forward_backward(logits, targets, -100, smoothing)
+    assert want_both[0] == want
+    np.testing.assert_array_equal(want_both[2], loss.cross_entropy_backward(1.0, want_cache))
 
 
 def test_cross_entropy_of_a_gpt2_sized_row():
@@ -200,6 +208,9 @@ def test_cross_entropy_of_a_gpt2_sized_row():
     grad = cpu.cross_entropy_backward(1.0, got_cache)
     assert grad.shape == logits.shape
     assert_close("dlogits", grad, loss.cross_entropy_backward(1.0, want_cache), 1e-5)
+    both, _, both_grad = cpu.cross_entropy_forward_backward(logits, targets)       # in parallel tasks
+    assert both == got
+    np.testing.assert_array_equal(both_grad, grad)
 
 
 def test_a_nan_logit_gives_a_nan_loss():
@@ -382,6 +393,7 @@ def _parameters(fn):
 
 def test_fused_kernels_have_their_twins_signatures():
     twins = {**TWINS, "cross_entropy_backward": loss.cross_entropy_backward,
+             "cross_entropy_forward_backward": loss.cross_entropy_forward_backward,
              "adamw_update": optim.adamw_update}
     for name, twin in twins.items():
         assert _parameters(getattr(cpu, name)) == _parameters(twin), name
@@ -389,8 +401,8 @@ def test_fused_kernels_have_their_twins_signatures():
 
 def test_the_registry_serves_the_fused_kernels_only_on_numba():
     names = ("layernorm_forward", "layernorm_backward", "gelu_tanh_forward", "gelu_tanh_backward",
-             "cross_entropy_forward", "cross_entropy_backward", "adamw_update", "sum_squares",
-             "embedding_backward")
+             "cross_entropy_forward", "cross_entropy_backward", "cross_entropy_forward_backward",
+             "adamw_update", "sum_squares", "embedding_backward")
     with kernels.backend("numba"):
         assert all(kernels.fused(n) is getattr(cpu, n) for n in names)
     with kernels.backend("numpy"):
@@ -487,6 +499,7 @@ def _module_cases(dtype):
         "GELU": (lambda: nn.GELU(), (x,), dout),
         "ReLU": (lambda: nn.ReLU(), (x,), dout),
         "CrossEntropyLoss": (lambda: nn.CrossEntropyLoss(label_smoothing=0.1), (x, targets), 0.7),
+        "CrossEntropyLoss dloss 1": (lambda: nn.CrossEntropyLoss(), (x, targets), 1.0),    # from the forward
         "Embedding": (lambda: nn.Embedding(7, 16, **kw, rng=np.random.default_rng(1)), (ids,), dout),
     }
 
@@ -522,3 +535,21 @@ def test_a_module_chooses_its_kernel_at_each_call():
     for dx, dw in grads[:2]:
         assert_close("dx", dx, grads[2][0], 1e-12)
         assert_close("dw", dw, grads[2][1], 1e-12)
+
+
+def test_cross_entropy_module_writes_the_gradient_in_a_training_forward_only():
+    """Training mode on Numba: the forward writes dlogits, backward(1.0) hands it on once; a
+    second backward, another dloss or eval mode compute it from the cache: the same numbers."""
+    rng = np.random.default_rng(13)
+    x, targets = rng.standard_normal((6, 11)).astype(np.float32), rng.integers(0, 11, 6)
+    module = nn.CrossEntropyLoss()
+    with kernels.backend("numba"):
+        module.forward(x, targets)
+        assert module._dlogits is not None
+        first, second = module.backward(1.0), module.backward(1.0)
+        np.testing.assert_array_equal(first, second)
+        np.testing.assert_array_equal(module.backward(0.5), cpu.cross_entropy_backward(0.5, module._cache))
+        module.eval()
+        module.forward(x, targets)
+        assert module._dlogits is None
+        np.testing.assert_array_equal(module.backward(1.0), first)

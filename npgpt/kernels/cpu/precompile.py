@@ -21,7 +21,7 @@ from .blas import matmul_add
 from .elementwise import (embedding_backward, erf, gelu_tanh_backward, gelu_tanh_forward,
                           layernorm_backward, layernorm_forward)
 from .gemm import gemm
-from .loss import cross_entropy_backward, cross_entropy_forward
+from .loss import cross_entropy_backward, cross_entropy_forward, cross_entropy_forward_backward
 from .optimizer import adamw_update, sum_squares
 
 
@@ -86,10 +86,13 @@ def _cross_entropy(a):
     targets = np.arange(a.shape[0]) % a.shape[1]
     _, cache = cross_entropy_forward(a, targets, -100, 0.1)
     cross_entropy_backward(1.0, cache)
+    cross_entropy_forward_backward(a, targets, -100, 0.1)
     x, lse, targets, valid, _, eps, _ = cache
     lse = lse.reshape(-1)
     loss._cross_entropy_forward_tasks(x, targets, valid, eps, np.empty_like(lse), np.empty_like(lse), 1)
     loss._cross_entropy_backward_tasks(x, lse, targets, valid, eps, 1.0, np.empty_like(x), 1)
+    loss._cross_entropy_forward_backward_tasks(x, targets, valid, eps, 1.0, np.empty_like(lse),
+                                               np.empty_like(lse), np.empty_like(x), 1)
 
 
 def _adamw(flat):
