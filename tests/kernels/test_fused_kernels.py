@@ -15,6 +15,7 @@ Tolerances (relative error max|a - b| / max(|a| + |b|), tests/helpers.py), and w
 
 from __future__ import annotations
 
+import ctypes
 import inspect
 import math
 from unittest import mock
@@ -32,6 +33,7 @@ cpu = pytest.importorskip("npgpt.kernels.cpu", reason="numba is not available")
 
 from npgpt.kernels.cpu import blas, elementwise, optimizer, tasks  # noqa: E402
 from npgpt.kernels.cpu import loss as cpu_loss  # noqa: E402
+from numba import njit  # noqa: E402
 from tests.helpers import assert_close, matmul_operands  # noqa: E402
 
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
@@ -553,3 +555,41 @@ def test_cross_entropy_module_writes_the_gradient_in_a_training_forward_only():
         module.forward(x, targets)
         assert module._dlogits is None
         np.testing.assert_array_equal(module.backward(1.0), first)
+
+
+# ------------------------------------------------------------ BLAS inside compiled kernels
+
+@njit(cache=True)
+def _call_gemm(A, B, C, beta):
+    blas._gemm(A, B, C, beta)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+@pytest.mark.parametrize("m, k, n", [(5, 3, 8), (64, 64, 64), (1, 7, 1), (0, 3, 4), (3, 0, 4)])
+def test_gemm_inside_a_kernel_equals_numpy(dtype, beta, m, k, n):
+    """blas._gemm on views with row strides of their own (slices of larger arrays)."""
+    rng = np.random.default_rng(m * 100 + k * 10 + n)
+    A = rng.standard_normal((m + 2, k + 3)).astype(dtype)
+    B = rng.standard_normal((k + 1, n + 5)).astype(dtype)
+    C = rng.standard_normal((m + 4, n + 2)).astype(dtype)
+    want = C.copy()
+    want[1:m + 1, 2:n + 2] = A[2:, 3:] @ B[1:, 5:] + beta * C[1:m + 1, 2:n + 2]
+    _call_gemm(A[2:, 3:], B[1:, 5:], C[1:m + 1, 2:n + 2], beta)
+    assert_close("_gemm", C, want, TOL[dtype])
+
+
+@pytest.mark.parametrize("kind, dtype", [("s", np.float32), ("d", np.float64)])
+def test_the_loop_nest_behind_gemm_without_a_cblas_equals_numpy(kind, dtype):
+    """The compiled loop nest blas.py binds the symbol to where numpy's BLAS has no CBLAS."""
+    fallback = blas._loop_gemm(kind)
+    ptr = ctypes.POINTER(ctypes.c_float if kind == "s" else ctypes.c_double)
+    rng = np.random.default_rng(7)
+    a, b, c = (rng.standard_normal(s).astype(dtype) for s in ((4, 6), (5, 9), (4, 8)))
+    for beta in (0.0, 1.0):
+        want = a[:, :5] @ b[:, :7] + beta * c[:, :7]
+        got = c.copy()
+        fallback.ctypes(101, 111, 111, 4, 7, 5, 1.0, a.ctypes.data_as(ptr), 6, b.ctypes.data_as(ptr), 9,
+                        beta, got.ctypes.data_as(ptr), 8)
+        assert_close("loop gemm", got[:, :7], want, TOL[dtype])
+        np.testing.assert_array_equal(got[:, 7:], c[:, 7:])

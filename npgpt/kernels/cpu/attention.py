@@ -17,6 +17,9 @@ Tq = Tk), its block products are BLAS's own (blas.py's `_gemm`: OpenBLAS's small
 transposed (keys down, queries across), so that the softmax's per-query sums and maxima are
 vector operations along a row instead of sums across SIMD lanes (results/threads.md).
 dropout_p > 0 goes to the reference: dropping probabilities needs them materialised.
+
+Why one file: attention_forward chooses between the two paths and attention_backward follows
+the cache's type; the paths share the masks' helpers, and a reader compares them side by side.
 """
 
 from __future__ import annotations

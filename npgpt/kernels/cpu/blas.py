@@ -14,7 +14,7 @@ that numpy loaded and calls it with ctypes. The lookup runs once, when the modul
 _gemm(A, B, C, beta) is C = A @ B + beta C on 2-D views, callable from a Numba kernel: the
 fused attention's block products (attention.py). It calls the same cblas_?gemm, by a symbol
 name registered with LLVM here (so Numba's on-disk cache stays valid from process to process),
-where a Numba loop nest (gemm.py's `_ab`) reaches a quarter of BLAS's speed on a 64 x 64 x 64
+where a Numba loop nest (gemm.py's kind) reaches a quarter of BLAS's speed on a 64 x 64 x 64
 block (results/threads.md). Without a CBLAS, the symbol is a compiled loop nest instead.
 """
 
