@@ -90,7 +90,6 @@ def _flash_forward_head(q, k, v, bias, causal, scale, out, lse, br, bc):
     """
     Tq, D = q.shape
     Tk = k.shape[0]
-    dt = q.dtype.type
     qt = _transposed(q)                            # (D, Tq): S^T = K_j Q_i^T is a plain product
     vt = _transposed(v)                            # (D, Tk): acc^T += V_j^T P^T too
     st = np.empty((bc, br), dtype=q.dtype)         # S^T, then P^T, of one block
@@ -113,37 +112,53 @@ def _flash_forward_head(q, k, v, bias, causal, scale, out, lse, br, bc):
             nj = j1 - j0
             # S^T = K_j Q_i^T                                   (nj, D) @ (D, mi)
             _gemm(k[j0:j1], qt[:, i0:i1], st[:nj, :mi], 0.0)
-            # s = S^T * scale + mask, and each query's max over the block
-            mb[:mi] = -np.inf
-            for c in range(nj):
-                r0 = _first_query(j0 + c, i0, mi, Tq, Tk, causal)
-                st[c, :r0] = -np.inf                              # key j0+c is in their future
-                # views, so that the loop runs from 0 (see gemm.py's _abt: it then vectorises)
-                s_c, m_c, b = st[c, r0:mi], mb[r0:mi], bias[j0 + c]
-                for r in range(mi - r0):
-                    x = s_c[r] * dt(scale) + b
-                    s_c[r] = x
-                    m_c[r] = _maxnum(m_c[r], x)
-            # m_new = max(m, block max);  alpha = exp(m - m_new) rescales what was summed so far
-            for r in range(mi):
-                m_new = _maxnum(m[r], mb[r])
-                mb[r] = _exp_nonpos(m[r] - m_new) if m_new > -np.inf else dt(1)
-                m[r] = m_new
-                lb[r] = 0
-            # P^T = exp(s - m_new) (0 while a query has seen no key), and each query's sum
-            for c in range(nj):
-                for r in range(mi):
-                    x = _exp_nonpos(st[c, r] - m[r]) if m[r] > -np.inf else dt(0)
-                    st[c, r] = x
-                    lb[r] += x
-            for r in range(mi):
-                l[r] = l[r] * mb[r] + lb[r]
-            for d in range(D):
-                for r in range(mi):
-                    acct[d, r] *= mb[r]
+            # P^T = exp(S^T * scale + mask - m_new), with the running max and sum updated
+            _online_softmax_block(st, nj, mi, bias[j0:j1], scale, j0, i0, Tq, Tk, causal, m, l, mb, lb,
+                                  acct)
             # acc^T += V_j^T P^T                                (D, nj) @ (nj, mi)
             _gemm(vt[:, j0:j1], st[:nj, :mi], acct[:, :mi], 1.0)
         _finish_columns(acct[:, :mi], m, l, out[i0:i1], lse[i0:i1])
+
+
+@njit(fastmath=_FM, cache=True)
+def _online_softmax_block(st, nj, mi, bias, scale, j0, i0, Tq, Tk, causal, m, l, mb, lb, acct):  # noqa: E741
+    """One key block of the online softmax, in place: st[:nj, :mi] holds S^T and leaves as P^T,
+
+        s = S^T * scale + mask;  m_new = max(m, max over the block's keys);
+        P^T = exp(s - m_new);  l = l exp(m - m_new) + sum over the keys;  acc^T *= exp(m - m_new)
+
+    (0 for a query that has seen no key yet). mb, lb: scratch rows of mi numbers. The whole
+    arrays are passed, not st[:nj, :mi]: Numba knows a whole C array's rows are contiguous, and
+    only then vectorises the loops along them."""
+    dt = st.dtype.type
+    mb[:mi] = -np.inf
+    # s = S^T * scale + mask, and each query's max over the block
+    for c in range(nj):
+        r0 = _first_query(j0 + c, i0, mi, Tq, Tk, causal)
+        st[c, :r0] = -np.inf                              # key j0+c is in their future
+        # views, so that the loop runs from 0 (see gemm.py's _abt: it then vectorises)
+        s_c, m_c, b = st[c, r0:mi], mb[r0:mi], bias[c]
+        for r in range(mi - r0):
+            x = s_c[r] * dt(scale) + b
+            s_c[r] = x
+            m_c[r] = _maxnum(m_c[r], x)
+    # m_new = max(m, block max);  alpha = exp(m - m_new) rescales what was summed so far
+    for r in range(mi):
+        m_new = _maxnum(m[r], mb[r])
+        mb[r] = _exp_nonpos(m[r] - m_new) if m_new > -np.inf else dt(1)
+        m[r] = m_new
+        lb[r] = 0
+    # P^T = exp(s - m_new) (0 while a query has seen no key), and each query's sum
+    for c in range(nj):
+        for r in range(mi):
+            x = _exp_nonpos(st[c, r] - m[r]) if m[r] > -np.inf else dt(0)
+            st[c, r] = x
+            lb[r] += x
+    for r in range(mi):
+        l[r] = l[r] * mb[r] + lb[r]
+    for d in range(acct.shape[0]):
+        for r in range(mi):
+            acct[d, r] *= mb[r]
 
 
 @njit(fastmath=_FM, cache=True)
@@ -185,7 +200,6 @@ def _flash_backward_head(q, k, v, out, dout, lse, bias, causal, scale, dq, dk, d
     """
     Tq, D = q.shape
     Tk = k.shape[0]
-    dt = q.dtype.type
     qt = _transposed(q)                      # (D, Tq)  packed: every product below is a plain one
     dot = _transposed(dout)                  # (D, Tq)
     kt = _transposed(k)                      # (D, Tk)
@@ -217,19 +231,8 @@ def _flash_backward_head(q, k, v, out, dout, lse, bias, causal, scale, dq, dk, d
             _gemm(k[j0:j1], qt[:, i0:i1], st[:nj, :mi], 0.0)
             _gemm(v[j0:j1], dot[:, i0:i1], dst[:nj, :mi], 0.0)
             # P = exp(S * scale + mask - lse_i);  dS = P * (dP - D_i) * scale
-            for c in range(nj):
-                r0 = _first_query(j0 + c, i0, mi, Tq, Tk, causal)
-                st[c, :r0] = 0                                     # key j0+c is in their future
-                dst[c, :r0] = 0
-                # views, so that the loop runs from 0 (see gemm.py's _abt: it then vectorises)
-                p_c, ds_c, b = st[c, r0:mi], dst[c, r0:mi], bias[j0 + c]
-                lse_c, delta_c = lse_p[i0 + r0:i1], delta[i0 + r0:i1]
-                for r in range(mi - r0):
-                    x = _exp_nonpos(p_c[r] * dt(scale) + b - lse_c[r])
-                    p_c[r] = x
-                    # P = 1: the query sees this key alone, D_i = dP_ij and dS = 0 (only rounding
-                    # would differ: BLAS sums dP in its own order), exactly 0 as in the reference
-                    ds_c[r] = x * (ds_c[r] - delta_c[r]) * dt(scale) if x != 1 else dt(0)
+            _softmax_backward_block(st, dst, nj, mi, bias[j0:j1], scale, lse_p[i0:i1], delta[i0:i1],
+                                    j0, i0, Tq, Tk, causal)
             # dV_j += P^T dO_i;  dK_j += dS^T Q_i            (nj, mi) @ (mi, D) each
             _gemm(st[:nj, :mi], dout[i0:i1], dv[j0:j1], 1.0)
             _gemm(dst[:nj, :mi], q[i0:i1], dk[j0:j1], 1.0)
@@ -238,6 +241,26 @@ def _flash_backward_head(q, k, v, out, dout, lse, bias, causal, scale, dq, dk, d
     for i in range(Tq):
         for d in range(D):
             dq[i, d] = dqt[d, i]
+
+
+@njit(fastmath=_FM, cache=True)
+def _softmax_backward_block(st, dst, nj, mi, bias, scale, lse, delta, j0, i0, Tq, Tk, causal):
+    """In place on one block, transposed (keys down, queries across): st[:nj, :mi] holds S^T and
+    leaves as P^T = exp(S^T * scale + mask - lse), dst holds dP^T and leaves as
+    dS^T = P^T (dP^T - D) scale. (Whole arrays passed: see _online_softmax_block.)"""
+    dt = st.dtype.type
+    for c in range(nj):
+        r0 = _first_query(j0 + c, i0, mi, Tq, Tk, causal)
+        st[c, :r0] = 0                                     # key j0+c is in their future
+        dst[c, :r0] = 0
+        # views, so that the loop runs from 0 (see gemm.py's _abt: it then vectorises)
+        p_c, ds_c, b, lse_c, delta_c = st[c, r0:mi], dst[c, r0:mi], bias[c], lse[r0:mi], delta[r0:mi]
+        for r in range(mi - r0):
+            x = _exp_nonpos(p_c[r] * dt(scale) + b - lse_c[r])
+            p_c[r] = x
+            # P = 1: the query sees this key alone, D_i = dP_ij and dS = 0 (only rounding
+            # would differ: BLAS sums dP in its own order), exactly 0 as in the reference
+            ds_c[r] = x * (ds_c[r] - delta_c[r]) * dt(scale) if x != 1 else dt(0)
 
 
 @njit(parallel=True, cache=True)
