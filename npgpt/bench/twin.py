@@ -41,13 +41,41 @@ def torch_gpt(cfg: GPTConfig, state_dict: dict | None = None):
     state_dict: npgpt's {name: array} (GPT(cfg, seed).state_dict()) to start from npgpt's
     weights; without it, torch's default initialisation (the speed is the same)."""
     import torch  # optional heavy dependency: the peer, only in its own process
-    from torch import nn
-    from torch.nn import functional as F
+    nn, F = torch.nn, torch.nn.functional
 
-    C, H = cfg.n_embd, cfg.n_head
     if cfg.pos_encoding != "learned" or not cfg.tie_weights or not cfg.bias or cfg.activation != "gelu_tanh":
         raise ValueError(f"torch_gpt: the twin is GPT-2's architecture: expected learned positions, a "
                          f"tied head, biases and gelu_tanh; the config has {cfg}")
+    Block = _block_class(cfg)
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+            self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+            self.h = nn.ModuleList(Block() for _ in range(cfg.n_layer))
+            self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+
+        def forward(self, idx, targets=None):
+            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+            for block in self.h:
+                x = block(x)
+            logits = F.linear(self.ln_f(x), self.wte.weight)          # the tied head
+            if targets is None:
+                return logits
+            return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+
+    model = GPT()
+    if state_dict is not None:
+        load_npgpt(model, state_dict)
+    return model
+
+
+def _block_class(cfg: GPTConfig):
+    """The twin's Block (pre-LN: x + attn(ln_1(x)), then + mlp(ln_2(x))), a torch.nn.Module class."""
+    import torch  # optional heavy dependency: the peer
+    nn, F = torch.nn, torch.nn.functional
+    C, H = cfg.n_embd, cfg.n_head
 
     class CausalSelfAttention(nn.Module):
         def __init__(self):
@@ -79,27 +107,7 @@ def torch_gpt(cfg: GPTConfig, state_dict: dict | None = None):
         def forward(self, x):
             x = x + self.attn(self.ln_1(x))
             return x + self.mlp(self.ln_2(x))
-
-    class GPT(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.wte, self.wpe = nn.Embedding(cfg.vocab_size, C), nn.Embedding(cfg.block_size, C)
-            self.h = nn.ModuleList(Block() for _ in range(cfg.n_layer))
-            self.ln_f = nn.LayerNorm(C, eps=cfg.layer_norm_eps)
-
-        def forward(self, idx, targets=None):
-            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
-            for block in self.h:
-                x = block(x)
-            logits = F.linear(self.ln_f(x), self.wte.weight)          # the tied head
-            if targets is None:
-                return logits
-            return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
-
-    model = GPT()
-    if state_dict is not None:
-        load_npgpt(model, state_dict)
-    return model
+    return Block
 
 
 def load_npgpt(model, state_dict: dict) -> None:
