@@ -11,11 +11,14 @@ Models (batch B, sequence T; float32; learned positions, tied head, biases, GELU
     gpt2       12 layers, 12 heads, 768 wide, vocab 50257, B=4, T=64  (GPT-2 124M)
 
 A step is: forward with targets (mean cross-entropy), zero the gradients, backward, clip the
-global gradient norm to 1.0, one AdamW step (npgpt as its Trainer does it: the clip and the
-zeroing inside the AdamW pass, step(grad_scale=clip_coef(norm, 1.0), zero_grad=True)) (lr 3e-4, betas (0.9, 0.95), weight decay 0.1 on
-the Linear weights only, npgpt's rule, given to torch as param groups). Both sides start from
-the same initialisation scheme (not the same numbers) and see the same random batch: their
-first losses are both about ln(vocab size), printed as a check.
+global gradient norm to 1.0, one AdamW step (lr 3e-4, betas (0.9, 0.95), weight decay 0.1 on
+the Linear weights only, npgpt's rule, given to torch as param groups). npgpt steps as its
+Trainer does: the clip and the zeroing inside the AdamW pass (step(grad_scale=clip_coef(norm,
+1.0), zero_grad=True): see npgpt/optim/clip.py). PyTorch's side is the fair twin,
+npgpt/bench/twin.py: nanoGPT's model and loop (torch.nn modules, one Linear for q, k, v,
+scaled_dot_product_attention, fused AdamW, clip_grad_norm_; see docs/speed.md). Both sides
+start from the same weights (npgpt's GPT(cfg, seed=0), copied into the twin) and see the same
+random batch: their first losses agree, printed as a check.
 
 How it is timed. Each (model, implementation) runs in a fresh process: npgpt's processes never
 import torch, and torch's never import npgpt's Numba kernels, so each library keeps the thread
@@ -103,22 +106,22 @@ def npgpt_step(model: str):
 
 
 def torch_step(model: str):
-    import common
+    """The same step for the PyTorch twin (npgpt/bench/twin.py: nanoGPT's model and loop, fused
+    AdamW), started from npgpt's initial weights: the two first losses agree."""
     import torch
 
+    from npgpt import GPT, GPTConfig
+    from npgpt.bench import twin
+
     m = MODELS[model]
-    net = common.torch_gpt(m["vocab_size"], m["n_layer"], m["n_head"], m["n_embd"], m["block_size"], seed=0)
-    opt = torch.optim.AdamW(common.torch_decay_groups(net, HYPER["weight_decay"]), lr=HYPER["lr"],
-                            betas=HYPER["betas"])
+    cfg = GPTConfig(**{k: m[k] for k in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size")})
+    net = twin.torch_gpt(cfg, GPT(cfg, seed=0).state_dict())
+    opt = twin.adamw(net, lr=HYPER["lr"], betas=HYPER["betas"], weight_decay=HYPER["weight_decay"])
+    train_step = twin.train_step(net, opt, HYPER["grad_clip"])
     x, y = (torch.from_numpy(a) for a in batch(model))
 
     def step():
-        loss = net(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), HYPER["grad_clip"])
-        opt.step()
-        return loss.item()
+        return train_step(x, y)
     n_params = sum(p.numel() for p in net.parameters()) - net.wpe.weight.numel()
     return step, n_params
 
@@ -173,7 +176,8 @@ def worker(impl: str, model: str, steps: int, warmup: int, threads: int) -> dict
 
 def launch(impl: str, model: str, args) -> dict:
     """Run one worker in a fresh process with its thread settings; return its measurements."""
-    env = dict(os.environ)
+    import common
+    env = common.worker_env()                # the user's environment: see common.py
     if impl.startswith("npgpt"):
         env.update(NPGPT_BACKEND=impl.split("-", 1)[1], NPGPT_BENCH_NO_TORCH="1",
                    NUMBA_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads))
