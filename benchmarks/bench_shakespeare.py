@@ -11,7 +11,9 @@ block 64, batch 12, dropout 0, tied head; AdamW lr 1e-3, betas (0.9, 0.99), weig
 the Linear weights only (npgpt's rule; PyTorch gets the same param groups), gradient clip 1.0;
 100 warmup steps, then cosine decay to 1e-4 at the last step.
 
-Both sides draw the same batches (npgpt.data.get_batch with the same seeded Generator) and are
+PyTorch's side is the fair twin, npgpt/bench/twin.py (nanoGPT's model and loop: torch.nn
+modules, one Linear for q, k, v, scaled_dot_product_attention, fused AdamW, clip_grad_norm_),
+started from npgpt's initial weights for the same seed. Both sides draw the same batches (npgpt.data.get_batch with the same seeded Generator) and are
 scored on the same 200 validation batches. Each run is its own process, so each library keeps
 the thread settings it has on its own (npgpt chooses its backend as `npgpt train --backend` does,
 and its processes never import torch); PyTorch runs with torch.set_num_threads(--threads), Numba
@@ -99,26 +101,21 @@ def run_npgpt(data, iters, seed, backend) -> dict:
 
 # -- PyTorch --------------------------------------------------------------------------------------
 
-def torch_gpt(vocab_size, seed):
-    """GPT-2's architecture in torch.nn (benchmarks/common.py), with SETTINGS' sizes."""
-    import common
-
-    s = SETTINGS
-    return common.torch_gpt(vocab_size, s["n_layer"], s["n_head"], s["n_embd"], s["block_size"], seed)
-
-
 def run_torch(data, iters, seed, threads) -> dict:
     import common  # noqa: F401  (torch first, as the other benchmarks import it)
     import torch
 
+    from npgpt import GPT, GPTConfig
+    from npgpt.bench import twin
     from npgpt.optim import WarmupCosine
 
     torch.set_num_threads(threads)
     s = SETTINGS
     tok, train, val = load_data(data)
-    model = torch_gpt(tok.vocab_size, seed)
-    # npgpt's rule: weight decay on the Linear weights; not on embeddings, biases, LayerNorms
-    opt = torch.optim.AdamW(common.torch_decay_groups(model, s["weight_decay"]), lr=s["lr"], betas=s["betas"])
+    # the fair twin (npgpt/bench/twin.py) from npgpt's initial weights for this seed
+    cfg = GPTConfig.preset("baby", vocab_size=tok.vocab_size, dropout=0.0)
+    model = twin.torch_gpt(cfg, GPT(cfg, seed=seed).state_dict())
+    opt = twin.adamw(model, lr=s["lr"], betas=s["betas"], weight_decay=s["weight_decay"])
     schedule = WarmupCosine(s["lr"], min(s["warmup"], iters), iters, s["min_lr"])
     from npgpt.data import get_batch
     rng = np.random.default_rng(seed)
@@ -158,7 +155,10 @@ def launch(impl, seed, args) -> dict:
     """Run one implementation and seed in a fresh process; return its row."""
     import tempfile
 
-    env = dict(os.environ, NUMBA_NUM_THREADS=str(args.threads))
+    import common
+    # the user's environment, not os.environ: the driver's npgpt import set OMP_WAIT_POLICY
+    # there, which would slow torch's threads (common.worker_env)
+    env = common.worker_env(NUMBA_NUM_THREADS=args.threads)
     if args.blas_threads is not None:
         env.update(OPENBLAS_NUM_THREADS=str(args.blas_threads), MKL_NUM_THREADS=str(args.blas_threads))
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,6 +8,14 @@ the thread settings it would have on its own; only the thread *count* is made eq
 NPGPT_BENCH_NO_TORCH=1 first: torch is then not imported at all (its OpenMP threads would share
 the cores with npgpt's).
 
+Worker processes get `worker_env()`: the environment as it was when this module was imported,
+before anything in the driver imported npgpt's Numba kernels (which set OMP_WAIT_POLICY=PASSIVE
+in os.environ for Numba's threads). Handing that variable on made torch's OpenMP threads sleep
+between its many small parallel regions: the PyTorch twin of bench_shakespeare.py ran its 2000
+steps about a quarter slower than the same loop started from a shell.
+
+The PyTorch twin itself is npgpt/bench/twin.py (nanoGPT's model and loop; see docs/speed.md).
+
 NPGPT_BENCH_RESULTS=DIR writes the tables and plots to DIR instead of benchmarks/results/
 (`npgpt bench` uses it, so that a quick run does not overwrite the measured results).
 """
@@ -31,7 +39,15 @@ if not os.environ.get("NPGPT_BENCH_NO_TORCH"):
 
 import numpy as np  # noqa: E402
 
+USER_ENV = dict(os.environ)          # before npgpt can set anything: see worker_env
+
 RESULTS = Path(os.environ.get("NPGPT_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+
+
+def worker_env(**overrides) -> dict:
+    """The environment for a worker process: the user's (as at this module's import) plus
+    `overrides`. Never os.environ as it is later: see the module docstring."""
+    return {**USER_ENV, **{k: str(v) for k, v in overrides.items()}}
 
 
 def time_call(fn, repeats: int = 7, min_seconds: float = 0.0) -> dict:
@@ -252,64 +268,3 @@ def save_figure(fig, name: str) -> None:
     path = RESULTS / name
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
-
-
-def torch_gpt(vocab_size: int, n_layer: int, n_head: int, n_embd: int, block_size: int, seed: int = 0):
-    """GPT-2's architecture in torch.nn, eager, as npgpt's GPT (pre-LN blocks, GELU-tanh, learned
-    positions, tied head, biases), initialised as npgpt does (N(0, 0.02); the residual
-    projections N(0, 0.02 / sqrt(2 n_layer)); biases 0). forward(idx, targets) -> mean loss.
-    Attention is torch's fused scaled_dot_product_attention, causal."""
-    import math
-
-    from torch import nn
-    from torch.nn import functional as F
-
-    C, H, L = n_embd, n_head, n_layer
-
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.ln_1, self.ln_2 = nn.LayerNorm(C), nn.LayerNorm(C)
-            self.c_attn, self.attn_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
-            self.c_fc, self.mlp_proj = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
-
-        def forward(self, x):
-            B, T_, _ = x.shape
-            q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
-            q, k, v = (t.view(B, T_, H, C // H).transpose(1, 2) for t in (q, k, v))   # (B, H, T, D)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            x = x + self.attn_proj(y.transpose(1, 2).reshape(B, T_, C))
-            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
-
-    class GPT(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.wte, self.wpe = nn.Embedding(vocab_size, C), nn.Embedding(block_size, C)
-            self.h = nn.ModuleList(Block() for _ in range(L))
-            self.ln_f = nn.LayerNorm(C)
-
-        def forward(self, idx, targets):
-            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
-            for block in self.h:
-                x = block(x)
-            logits = self.ln_f(x) @ self.wte.weight.T
-            return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
-
-    torch.manual_seed(seed)
-    model = GPT()
-    for name, p in model.named_parameters():
-        if name.endswith("_proj.weight"):
-            nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * L))
-        elif p.dim() == 2:
-            nn.init.normal_(p, 0.0, 0.02)
-        elif name.endswith("bias"):
-            nn.init.zeros_(p)
-    return model
-
-
-def torch_decay_groups(model, weight_decay: float) -> list[dict]:
-    """npgpt's weight-decay rule as torch param groups: the Linear weights decay; embeddings,
-    biases and LayerNorms do not."""
-    decays = {n: p.dim() == 2 and not n.startswith(("wte", "wpe")) for n, p in model.named_parameters()}
-    return [{"params": [p for n, p in model.named_parameters() if decays[n]], "weight_decay": weight_decay},
-            {"params": [p for n, p in model.named_parameters() if not decays[n]], "weight_decay": 0.0}]

@@ -6,10 +6,13 @@ The loop, for any model that follows npgpt's protocol (forward -> loss, backward
     batch = batch_fn(rng)                       the batch sampler's Generator, saved in checkpoints
     loss  = loss_fn(model, batch)               default: model.forward(*batch)[1]
     stop if loss is not finite                  (nothing updated; the last checkpoint is kept)
-    zero_grad; backward_fn(model)                default: model.backward()
+    backward_fn(model)                          default: model.backward(), into zero gradients
     parallel.sync_gradients(optimizer, batch)   data parallel only (npgpt.dist): sum the ranks' shares
-    norm  = clip_grad_norm(optimizer, clip)     stop if the norm is not finite
-    optimizer.lr = schedule(s); optimizer.step()
+    norm  = grad_norm(optimizer)                stop if the norm is not finite
+    optimizer.lr = schedule(s)
+    optimizer.step(grad_scale=clip_coef(norm, clip), zero_grad=True)
+                                                the clip and the next step's zero_grad, folded
+                                                into the update (npgpt.optim: p.grad is 0 after)
     log {step, loss, lr, grad_norm, tokens_per_s, elapsed}   one JSON line per step + progress bar
     every eval_interval steps and at the end:   val_loss = eval_fn(model), in eval mode
     every checkpoint_interval steps and at the end: an atomic checkpoint
@@ -54,7 +57,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt_io
 from .files import write_atomic
-from .optim import clip_grad_norm
+from .optim import clip_coef, grad_norm
 
 CHECKPOINT_NAME = "ckpt.safetensors"
 LOG_NAME = "log.jsonl"
@@ -206,6 +209,19 @@ def _default_tokens(batch) -> int:
     return int(np.asarray(batch[0]).size)
 
 
+class StepWatch:
+    """What an around_step context yields for one step: `record`, entries added to the step's
+    line of the log, and before_update(optimizer, grad_scale), called once the step's gradients
+    are final (summed over the processes) and before the update, which uses grad_scale * p.grad
+    and then zeroes p.grad. This one watches nothing."""
+
+    def __init__(self):
+        self.record: dict = {}
+
+    def before_update(self, optimizer, grad_scale: float) -> None:
+        pass
+
+
 class Trainer:
     """The training loop of any npgpt model (see the module docstring for the seam).
 
@@ -224,8 +240,10 @@ class Trainer:
     seed:         seeds the batch sampler's Generator (the model seeds its own dropout)
     progress:     True: a progress bar; False: none; None: a bar only on a terminal
     on_step:      on_step(trainer, record) after each step's record (tests, custom logging)
-    around_step:  around_step(trainer, step) -> a context manager the step runs in; the dict it
-                  yields is added to the step's record (npgpt.trace.health: --health-every)
+    around_step:  around_step(trainer, step) -> a context manager the step runs in, yielding a
+                  StepWatch: its before_update(optimizer, grad_scale) sees the step's final
+                  gradients, and its record is added to the step's (npgpt.trace.health:
+                  --health-every)
     parallel:     None (one process), or a data-parallel group (npgpt.dist.DataParallel) whose
                   sync_gradients(optimizer, batch) runs between the backward and the clip;
                   only its writer (rank 0) writes the log, the bar and the checkpoints, and
@@ -316,6 +334,7 @@ class Trainer:
                      self.progress if self.writer else False)
         self._clock = (time.perf_counter(), self.elapsed)    # elapsed = earlier sessions + this one
         self.model.train()
+        self.optimizer.zero_grad()       # once: from then on each step(zero_grad=True) zeroes them
         try:
             with graceful_interrupt() as ctrl_c:
                 losses = self._loop(log, ctrl_c)
@@ -335,9 +354,9 @@ class Trainer:
     def _loop(self, log: RunLog, ctrl_c: dict) -> list:
         losses, since_eval = [], []
         while self.step < self.max_iters and not self._stop_requested(ctrl_c):
-            with self._around_step() as extra:
-                rec = self._train_step()
-            rec.update(extra)
+            with self._around_step() as watch:
+                rec = self._train_step(watch)
+            rec.update(watch.record)
             losses.append(rec["loss"])
             since_eval.append(rec["loss"])
             end = self.step == self.max_iters
@@ -353,10 +372,11 @@ class Trainer:
         return losses
 
     def _around_step(self):
-        """The context of the coming step: around_step's, or one that adds nothing."""
+        """The context of the coming step: around_step's, or one that watches nothing."""
         if self.around_step is None:
-            return contextlib.nullcontext({})
+            return contextlib.nullcontext(StepWatch())
         return self.around_step(self, self.step + 1)
+
     def _stop_requested(self, ctrl_c: dict) -> bool:
         if self.parallel is not None:     # every process stops at the same step
             ctrl_c["requested"] = self.parallel.any(ctrl_c["requested"])
@@ -375,26 +395,27 @@ class Trainer:
     def _every(self, interval: int) -> bool:
         return interval > 0 and self.step % interval == 0
 
-    def _train_step(self) -> dict:
+    def _train_step(self, watch: StepWatch) -> dict:
         step = self.step + 1
         t0 = time.perf_counter()
         batch = self.batch_fn(self.rng)
         loss = float(self.loss_fn(self.model, batch))
         try:
             check_finite(step, loss=loss)
-            self.optimizer.zero_grad()
-            self.backward_fn(self.model)
+            self.backward_fn(self.model)            # into zeros: run()'s zero_grad, then step's
             if self.parallel is not None:
                 self.parallel.sync_gradients(self.optimizer, batch)
-            # grad_clip 0: measure the norm only (a max_norm no finite norm reaches)
-            norm = clip_grad_norm(self.optimizer, self.grad_clip or np.finfo(np.float64).max)
+            norm = grad_norm(self.optimizer)
             check_finite(step, gradient_norm=norm)
         except TrainingDiverged as e:
             raise TrainingDiverged(f"{e}: training stopped before this step changed any "
                                    f"parameter; {self._kept()}", e.step) from None
         if self.schedule is not None:
             self.optimizer.lr = self.schedule(step)
-        self.optimizer.step()
+        scale = clip_coef(norm, self.grad_clip) if self.grad_clip else 1.0     # grad_clip 0: none
+        watch.before_update(self.optimizer, scale)
+        # the clip inside the update, which also zeroes p.grad for the next step
+        self.optimizer.step(grad_scale=scale, zero_grad=True)
         dt = time.perf_counter() - t0
         self.step = step
         self._tick()

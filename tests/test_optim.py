@@ -221,6 +221,76 @@ def test_clip_grad_norm_skips_frozen_and_counts_shared_once():
     assert optim.clip_grad_norm([a, a, b], 1e9) == pytest.approx(math.sqrt(27.0), rel=1e-15)
 
 
+# -- the clip folded into the step: what p.grad holds -------------------------------------------
+
+FUSED_CASES = [(lambda ps: optim.AdamW(ps, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1), "AdamW"),
+               (lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.1), "SGD")]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("make", [m for m, _ in FUSED_CASES], ids=[n for _, n in FUSED_CASES])
+def test_step_with_grad_scale_equals_clip_then_step_bit_for_bit(make, dtype):
+    """step(grad_scale=clip_coef(norm)) updates exactly as clip_grad_norm + step (and so as
+    torch's clip_grad_norm_ + step), and leaves p.grad unscaled; zero_grad=True leaves 0."""
+    fused, plain = make_params(dtype), make_params(dtype)
+    flatten_parameters(fused)
+    flatten_parameters(plain)
+    opt_fused, opt_plain = make(fused), make(plain)
+    tparams = to_torch(plain)
+    topt = (torch.optim.AdamW(torch_groups(plain, tparams, 0.1), lr=1e-2, betas=(0.9, 0.95), foreach=False)
+            if isinstance(opt_plain, optim.AdamW) else
+            torch.optim.SGD(torch_groups(plain, tparams, 0.1), lr=0.1, momentum=0.9, foreach=False))
+    rng = np.random.default_rng(4)
+    for step in range(1, 6):
+        grads = [rng.standard_normal(p.shape).astype(dtype) * 3 for p in plain]
+        for f, p, t, g in zip(fused, plain, tparams, grads):
+            f.grad[...] = p.grad[...] = g
+            t.grad = torch.from_numpy(g.copy())
+        norm = optim.grad_norm(opt_fused)
+        assert norm == optim.clip_grad_norm(opt_plain, 1.0)            # the same norm
+        torch.nn.utils.clip_grad_norm_(tparams, 1.0, foreach=False)
+        coef = optim.clip_coef(norm, 1.0)
+        assert coef < 1                                                # it clips
+        zero = step % 2 == 0
+        opt_fused.step(grad_scale=coef, zero_grad=zero)
+        opt_plain.step()
+        topt.step()
+        for i, (f, p, t, g) in enumerate(zip(fused, plain, tparams, grads)):
+            np.testing.assert_array_equal(f.data, p.data, err_msg=f"step {step} param {i}")
+            assert_close(f"step {step} param {i} vs torch", f.data, t.detach().numpy(), TOL[dtype])
+            np.testing.assert_array_equal(f.grad, 0 * g if zero else g)  # zeros, or as backward left it
+
+
+def test_step_zero_grad_alone_and_default_step_leave_the_gradient_as_documented():
+    params = make_params(np.float32)
+    flatten_parameters(params)
+    opt = optim.AdamW(params)
+    for p in params:
+        p.grad[...] = 2.0
+    opt.step()                                   # torch's step: p.grad untouched
+    assert all(np.all(p.grad == 2.0) for p in params)
+    opt.step(zero_grad=True)                     # the step used the 2.0s, then zeroed them
+    assert all(np.all(p.grad == 0) for p in params)
+
+
+def test_grad_norm_changes_nothing_and_clip_coef_is_torchs():
+    params = make_params(np.float64)
+    rng = np.random.default_rng(0)
+    for p in params:
+        p.grad[...] = rng.standard_normal(p.shape)
+    before = [p.grad.copy() for p in params]
+    norm = optim.grad_norm(params)
+    assert norm == pytest.approx(math.sqrt(sum((b ** 2).sum() for b in before)), rel=1e-14)
+    assert all(np.array_equal(p.grad, b) for p, b in zip(params, before))
+    assert optim.clip_coef(norm, 0.5) == 0.5 / (norm + 1e-6)
+    assert optim.clip_coef(norm, 1e6) == 1.0
+    assert optim.clip_coef(math.inf, 1.0) == 1.0 and optim.clip_coef(math.nan, 1.0) == 1.0
+    with pytest.raises(ValueError, match="max_norm=0"):
+        optim.clip_coef(norm, 0)
+    with pytest.raises(ValueError, match="grad_scale=-1"):
+        optim.AdamW(params).step(grad_scale=-1)
+
+
 # -- schedules ---------------------------------------------------------------------------------
 
 def test_warmup_cosine_key_points_and_monotonic():

@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import kernels
 from ..optim import AdamW, adamw_update
+from ..optim.groups import check_number
 from ..optim.optimizer import Optimizer
 from .buffers import Packed
 from .ring import chunk_bounds
@@ -61,10 +62,13 @@ class ShardedAdamW(AdamW):
         """Bytes of AdamW's m and v held by this rank (AdamW: 2 n itemsize; here about 1/P of it)."""
         return sum(a.nbytes for a in self._m + self._v)
 
-    def step(self) -> None:
+    def step(self, grad_scale: float = 1.0, zero_grad: bool = False) -> None:
         """Update this rank's slice (one update call per piece of a run), then all-gather the
-        weights so that every rank holds the whole updated model."""
+        weights so that every rank holds the whole updated model. grad_scale and zero_grad as
+        AdamW.step's: the update uses grad_scale * p.grad; zero_grad leaves every p.grad at 0
+        (the whole gradient, not just this rank's slice: every rank holds all of it)."""
         self._prepare_step()
+        grad_scale = check_number(type(self).__name__, "grad_scale", grad_scale, 0)
         self.step_count += 1
         update = kernels.fused("adamw_update") or adamw_update
         for (k, s, e), m, v in zip(self.pieces, self._m, self._v):
@@ -72,8 +76,11 @@ class ShardedAdamW(AdamW):
             group = self.param_groups[run.group]
             beta1, beta2 = group["betas"]
             update(run.data[s:e], run.grad[s:e], m, v, run.decay[s:e], group["lr"], beta1, beta2,
-                   group["eps"], group["weight_decay"], self.step_count)
+                   group["eps"], group["weight_decay"], self.step_count, grad_scale)
         self._gather(self._weights)
+        if zero_grad:
+            for run in self.runs:
+                run.grad.fill(0)
 
     def _gather(self, packed: Packed) -> None:
         """Every rank's slice of packed's buffer to every rank."""

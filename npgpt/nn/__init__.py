@@ -42,7 +42,8 @@ from .embedding import (Embedding, LearnedPositionalEmbedding, SinusoidalPositio
 from .head import TiedHead, tied_head_backward, tied_head_forward
 from .linear import Linear, linear_backward, linear_forward
 from .lora import LoRALinear, lora_backward, lora_forward
-from .loss import CrossEntropyLoss, cross_entropy_backward, cross_entropy_forward
+from .loss import (CrossEntropyLoss, cross_entropy_backward, cross_entropy_forward,
+                   cross_entropy_forward_backward)
 from .mlp import MLP
 from .module import Module, ModuleList, Parameter, flatten_parameters
 from .norm import LayerNorm, layernorm_backward, layernorm_forward

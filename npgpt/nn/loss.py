@@ -58,6 +58,19 @@ def cross_entropy_backward(dloss, cache: CrossEntropyCache):
     return dx.reshape(shape)
 
 
+def cross_entropy_forward_backward(logits, targets, ignore_index: int = -100, label_smoothing: float = 0.0):
+    """The loss, its cache and its gradient for dloss = 1, at once: (loss, cache, dlogits) with
+
+        loss, cache = cross_entropy_forward(logits, targets, ...)
+        dlogits     = cross_entropy_backward(1.0, cache)
+
+    Here only the two calls; a backend's fused twin computes the gradient while each row of
+    logits is in cache, and that is why the pair exists (CrossEntropyLoss in training mode).
+    """
+    loss, cache = cross_entropy_forward(logits, targets, ignore_index, label_smoothing)
+    return loss, cache, cross_entropy_backward(1.0, cache)
+
+
 class CrossEntropyLoss(Module):
     """The Module form of the loss: forward(logits, targets) -> loss; backward(dloss=1.0) -> dlogits.
 
@@ -70,6 +83,10 @@ class CrossEntropyLoss(Module):
 
     Both directions run the backend's fused kernel where it has one (Numba: one pass over the
     logits), else the NumPy functions above; both give the same numbers (tests/kernels).
+    In training mode, on a backend with the fused pair, the forward also writes the gradient of
+    the mean loss (cross_entropy_forward_backward) and the next backward(1.0) returns that array
+    (the same numbers as computing it then); any other dloss, or a second backward, computes it
+    from the cache. In eval mode the forward computes the loss only.
     """
 
     def __init__(self, ignore_index: int = -100, label_smoothing: float = 0.0):
@@ -78,12 +95,21 @@ class CrossEntropyLoss(Module):
             raise ValueError(f"label_smoothing={label_smoothing!r}, expected a number in [0, 1)")
         self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
         self._cache = None
+        self._dlogits = None          # the gradient for dloss = 1, when the forward wrote it
 
     def forward(self, logits, targets) -> float:
+        both = kernels.fused("cross_entropy_forward_backward") if self.training else None
+        if both is not None:
+            loss, self._cache, self._dlogits = both(logits, targets, self.ignore_index, self.label_smoothing)
+            return loss
         forward = kernels.fused("cross_entropy_forward") or cross_entropy_forward
         loss, self._cache = forward(logits, targets, self.ignore_index, self.label_smoothing)
+        self._dlogits = None
         return loss
 
     def backward(self, dloss: float = 1.0):
+        dlogits, self._dlogits = self._dlogits, None
+        if dlogits is not None and dloss == 1.0:
+            return dlogits                                  # written by the forward
         backward = kernels.fused("cross_entropy_backward") or cross_entropy_backward
         return backward(dloss, self._cache)

@@ -14,30 +14,38 @@ from .groups import check_number
 from .optimizer import Optimizer
 
 
-def adamw_update(p, g, m, v, decay, lr, beta1, beta2, eps, weight_decay, step) -> None:
+def adamw_update(p, g, m, v, decay, lr, beta1, beta2, eps, weight_decay, step,
+                 grad_scale=1.0, zero_grad=False) -> None:
     """One AdamW step over flat arrays, in place (p, m, v), in torch.optim.AdamW's order:
 
+        g' = grad_scale * g                    (the clip's coefficient; 1: g itself)
         p <- p * (1 - lr * wd)                 where decay (decoupled weight decay)
-        m <- m + (1 - beta1) * (g - m)         (= beta1 m + (1 - beta1) g, torch's lerp)
-        v <- beta2 * v + (1 - beta2) * g * g
+        m <- m + (1 - beta1) * (g' - m)        (= beta1 m + (1 - beta1) g', torch's lerp)
+        v <- beta2 * v + (1 - beta2) * g' * g'
         p <- p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 
     p, g, m, v: 1-D arrays of one dtype; decay: 1-D bool; step: t, counted from 1.
-    The arrays are walked in cache-sized chunks with one scratch array, so the update makes no
+    g is read, never scaled in place: g' is formed chunk by chunk in a scratch array, so the
+    step equals `g *= grad_scale` followed by a step with grad_scale 1, bit for bit, without
+    that extra pass. zero_grad: g <- 0 once read (the next backward adds into zeros).
+    The arrays are walked in cache-sized chunks with scratch arrays, so the update makes no
     array-sized temporaries. A backend may supply a fused twin (kernels.fused("adamw_update")).
     """
     step_size = lr / (1 - beta1 ** step)
     bc2_sqrt = (1 - beta2 ** step) ** 0.5
-    scratch = np.empty(min(p.size, BLOCK), dtype=p.dtype)
+    scratch = np.empty((2, min(p.size, BLOCK)), dtype=p.dtype)
     for s, e in chunks(p.size):
-        t = scratch[:e - s]
+        t, gs = scratch[0, :e - s], scratch[1, :e - s]
+        np.multiply(g[s:e], grad_scale, out=gs)    # g' = grad_scale * g
+        if zero_grad:
+            g[s:e] = 0
         if weight_decay != 0:
             np.multiply(p[s:e], 1 - lr * weight_decay, out=p[s:e], where=decay[s:e])
-        np.subtract(g[s:e], m[s:e], out=t)        # m += (1 - beta1) * (g - m)
+        np.subtract(gs, m[s:e], out=t)             # m += (1 - beta1) * (g' - m)
         t *= 1 - beta1
         m[s:e] += t
-        v[s:e] *= beta2                            # v = beta2 v + (1 - beta2) g^2
-        np.multiply(g[s:e], g[s:e], out=t)
+        v[s:e] *= beta2                            # v = beta2 v + (1 - beta2) g'^2
+        np.multiply(gs, gs, out=t)
         t *= 1 - beta2
         v[s:e] += t
         np.sqrt(v[s:e], out=t)                     # denom = sqrt(v) / sqrt(bc2) + eps
@@ -72,16 +80,23 @@ class AdamW(Optimizer):
         group["eps"] = check_number(where, "eps", group["eps"], 0, lo_open=True)
         group["weight_decay"] = check_number(where, "weight_decay", group["weight_decay"], 0)
 
-    def step(self) -> None:
-        """One AdamW step of every trainable parameter: one update call per run."""
+    def step(self, grad_scale: float = 1.0, zero_grad: bool = False) -> None:
+        """One AdamW step of every trainable parameter: one update call per run.
+
+        grad_scale: the step uses grad_scale * p.grad as the gradient (the clip's coefficient,
+        npgpt.optim.clip_coef), without writing it back: p.grad keeps what backward left.
+        zero_grad: p.grad is 0 when the step returns (written by the pass that reads it, so the
+        next backward needs no zero_grad()). With the defaults, torch's step: p.grad untouched.
+        """
         self._prepare_step()
+        grad_scale = check_number(type(self).__name__, "grad_scale", grad_scale, 0)
         self.step_count += 1
         update = kernels.fused("adamw_update") or adamw_update
         for run, m, v in zip(self.runs, self._m, self._v):
             group = self.param_groups[run.group]
             beta1, beta2 = group["betas"]
             update(run.data, run.grad, m, v, run.decay, group["lr"], beta1, beta2, group["eps"],
-                   group["weight_decay"], self.step_count)
+                   group["weight_decay"], self.step_count, grad_scale, bool(zero_grad))
 
     def state_dict(self) -> dict:
         """{"step", "group_sizes", "lr", "betas", "eps", "weight_decay" (one entry per group),

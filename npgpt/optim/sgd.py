@@ -14,16 +14,17 @@ from .groups import check_number
 from .optimizer import Optimizer
 
 
-def sgd_update(p, g, buf, decay, lr, momentum, dampening, nesterov, weight_decay, first) -> None:
+def sgd_update(p, g, buf, decay, lr, momentum, dampening, nesterov, weight_decay, first,
+               grad_scale=1.0, zero_grad=False) -> None:
     """One SGD step over flat arrays, in place (p, buf), as torch.optim.SGD:
 
-        d <- g + wd * p                        (wd only where decay)
+        d <- grad_scale * g + wd * p           (wd only where decay; grad_scale: the clip's)
         buf <- d  (first step)   or   buf <- momentum * buf + (1 - dampening) * d
         d <- d + momentum * buf  (nesterov)   or   d <- buf   (momentum > 0)
         p <- p - lr * d
 
     buf may be None when momentum is 0; first: True on the first step with momentum.
-    g is not modified.
+    g is not scaled in place (grad_scale * g is formed per chunk); zero_grad: g <- 0 once read.
     """
     scratch = np.empty((2, min(p.size, BLOCK)), dtype=p.dtype)
     for s, e in chunks(p.size):
@@ -31,7 +32,10 @@ def sgd_update(p, g, buf, decay, lr, momentum, dampening, nesterov, weight_decay
         d.fill(0)
         if weight_decay != 0:
             np.multiply(p[s:e], weight_decay, out=d, where=decay[s:e])
-        d += g[s:e]
+        np.multiply(g[s:e], grad_scale, out=t)
+        d += t
+        if zero_grad:
+            g[s:e] = 0
         if momentum != 0:
             d = _momentum(d, t, buf[s:e], momentum, dampening, nesterov, first)
         np.multiply(d, -lr, out=t)
@@ -80,9 +84,14 @@ class SGD(Optimizer):
                              f"dampening={group['dampening']}: Nesterov momentum requires "
                              f"momentum > 0 and dampening 0")
 
-    def step(self) -> None:
-        """p <- p - lr * direction, for every trainable parameter: one sgd_update per run."""
+    def step(self, grad_scale: float = 1.0, zero_grad: bool = False) -> None:
+        """p <- p - lr * direction, for every trainable parameter: one sgd_update per run.
+
+        grad_scale and zero_grad as AdamW.step's: the step uses grad_scale * p.grad without
+        writing it back; zero_grad leaves p.grad 0.
+        """
         self._prepare_step()
+        grad_scale = check_number("SGD", "grad_scale", grad_scale, 0)
         if self._buf is None and any(g["momentum"] for g in self.param_groups):
             self._buf = self._zeros()
         for r, run in enumerate(self.runs):
@@ -90,7 +99,8 @@ class SGD(Optimizer):
             buf = self._buf[r] if self._buf is not None else None
             sgd_update(run.data, run.grad, buf, run.decay, group["lr"], group["momentum"],
                        group["dampening"], group["nesterov"], group["weight_decay"],
-                       first=not self._started[run.group])
+                       first=not self._started[run.group], grad_scale=grad_scale,
+                       zero_grad=bool(zero_grad))
         self._started = [started or g["momentum"] != 0
                          for started, g in zip(self._started, self.param_groups)]
         self.step_count += 1

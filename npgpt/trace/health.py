@@ -25,6 +25,7 @@ import math
 
 import numpy as np
 
+from ..trainer import StepWatch
 from .tracer import Tracer
 
 
@@ -39,9 +40,10 @@ def _norm(a) -> float:
     return float(np.dot(a, a))
 
 
-def health_record(records, named_params, weights_before: dict) -> dict:
+def health_record(records, named_params, weights_before: dict, grad_squares: dict) -> dict:
     """The "health" entry of a step (see the module docstring) from its trace records, the
-    model's named parameters after the step and their values before it."""
+    model's named parameters after the step, their values before it, and the squared norms of
+    their gradients as the update used them (HealthWatch.before_update)."""
     act = {}
     for r in records:
         out = next((o for o in r.outputs if o is not None), None)
@@ -52,7 +54,7 @@ def health_record(records, named_params, weights_before: dict) -> dict:
         if name not in weights_before:
             continue
         layer = layer_of(name)
-        grad[layer] = grad.get(layer, 0.0) + _norm(p.grad)
+        grad[layer] = grad.get(layer, 0.0) + grad_squares[name]
         delta[layer] = delta.get(layer, 0.0) + _norm(p.data.astype(np.float64) - weights_before[name])
         weight[layer] = weight.get(layer, 0.0) + _norm(weights_before[name])
     return {"act_std": act, "grad_norm": {k: math.sqrt(v) for k, v in grad.items()},
@@ -68,17 +70,28 @@ class Health:
         self.every = every
 
     def __call__(self, trainer, step: int):
-        """The context to run step `step` of trainer in; it yields the dict added to its record."""
+        """The context to run step `step` of trainer in; it yields the step's StepWatch."""
         if step % self.every:
-            return contextlib.nullcontext({})
+            return contextlib.nullcontext(StepWatch())
         return self._observe(trainer.model)
 
     @contextlib.contextmanager
     def _observe(self, model):
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         before = {n: p.data.copy() for n, p in named}
-        extra: dict = {}
+        watch = HealthWatch(named)
         tracer = Tracer(model, histograms=False)
         with tracer:
-            yield extra
-        extra["health"] = health_record(tracer.records, named, before)
+            yield watch
+        watch.record["health"] = health_record(tracer.records, named, before, watch.grad_squares)
+
+
+class HealthWatch(StepWatch):
+    """Keeps |grad_scale * g|^2 of every parameter just before the update (which zeroes g)."""
+
+    def __init__(self, named_params):
+        super().__init__()
+        self.named, self.grad_squares = named_params, {}
+
+    def before_update(self, optimizer, grad_scale: float) -> None:
+        self.grad_squares = {n: grad_scale ** 2 * _norm(p.grad) for n, p in self.named}

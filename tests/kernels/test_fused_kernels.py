@@ -15,6 +15,7 @@ Tolerances (relative error max|a - b| / max(|a| + |b|), tests/helpers.py), and w
 
 from __future__ import annotations
 
+import ctypes
 import inspect
 import math
 from unittest import mock
@@ -32,6 +33,7 @@ cpu = pytest.importorskip("npgpt.kernels.cpu", reason="numba is not available")
 
 from npgpt.kernels.cpu import blas, elementwise, optimizer, tasks  # noqa: E402
 from npgpt.kernels.cpu import loss as cpu_loss  # noqa: E402
+from numba import njit  # noqa: E402
 from tests.helpers import assert_close, matmul_operands  # noqa: E402
 
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
@@ -188,6 +190,14 @@ def _cross_entropy_equals_the_numpy_loss_body(N, V, dtype, smoothing, ignored, d
     assert_close("dlogits", grad, loss.cross_entropy_backward(dloss, want_cache), TOL[dtype])
     assert_close("dlogits across the caches", cpu.cross_entropy_backward(dloss, want_cache),
                  loss.cross_entropy_backward(dloss, got_cache), TOL[dtype])
+    # the gradient written during the forward: the two kernels' numbers, bit for bit
+    both, both_cache, both_grad = cpu.cross_entropy_forward_backward(logits, targets, -100, smoothing)
+    assert both == got and type(both_cache) is reference.CrossEntropyCache
+    np.testing.assert_array_equal(both_cache.lse, got_cache.lse)
+    np.testing.assert_array_equal(both_grad, cpu.cross_entropy_backward(1.0, got_cache))
+    want_both = loss.cross_entropy_forward_backward(logits, targets, -100, smoothing)
+    assert want_both[0] == want
+    np.testing.assert_array_equal(want_both[2], loss.cross_entropy_backward(1.0, want_cache))
 
 
 def test_cross_entropy_of_a_gpt2_sized_row():
@@ -200,6 +210,9 @@ def test_cross_entropy_of_a_gpt2_sized_row():
     grad = cpu.cross_entropy_backward(1.0, got_cache)
     assert grad.shape == logits.shape
     assert_close("dlogits", grad, loss.cross_entropy_backward(1.0, want_cache), 1e-5)
+    both, _, both_grad = cpu.cross_entropy_forward_backward(logits, targets)       # in parallel tasks
+    assert both == got
+    np.testing.assert_array_equal(both_grad, grad)
 
 
 def test_a_nan_logit_gives_a_nan_loss():
@@ -238,11 +251,30 @@ def test_adamw_update_equals_numpy_bit_for_bit(dtype, n, weight_decay):
     v = rng.random(n).astype(dtype)
     decay = rng.random(n) < 0.5
     want = [a.copy() for a in (p, m, v)]
-    for step in (1, 2, 10):
-        optim.adamw_update(*want[:1], g, *want[1:], decay, 3e-3, 0.9, 0.95, 1e-8, weight_decay, step)
-        cpu.adamw_update(p, g, m, v, decay, 3e-3, 0.9, 0.95, 1e-8, weight_decay, step)
-        for name, got, ref in zip("pmv", (p, m, v), want):
+    for step, scale, zero in ((1, 1.0, False), (2, 0.37, False), (10, 0.81, True)):
+        g_ref = g.copy()
+        optim.adamw_update(*want[:1], g_ref, *want[1:], decay, 3e-3, 0.9, 0.95, 1e-8, weight_decay, step,
+                           scale, zero)
+        cpu.adamw_update(p, g, m, v, decay, 3e-3, 0.9, 0.95, 1e-8, weight_decay, step, scale, zero)
+        for name, got, ref in zip("pmvg", (p, m, v, g), (*want, g_ref)):
             np.testing.assert_array_equal(got, ref, err_msg=f"{name} after step {step}")
+    assert not g.any()                            # zero_grad on the last step
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adamw_grad_scale_equals_scaling_the_gradient_first(dtype):
+    """The clip folded into the update: the same numbers as g *= coef, then a plain step."""
+    n = 2 * tasks.FLAT_CHUNK + 9
+    rng = np.random.default_rng(1)
+    p, g, m = (_normal(rng, n, dtype) for _ in range(3))
+    v = rng.random(n).astype(dtype)
+    decay = rng.random(n) < 0.5
+    want = [a.copy() for a in (p, m, v)]
+    scaled = g * 0.3
+    cpu.adamw_update(want[0], scaled, want[1], want[2], decay, 3e-3, 0.9, 0.95, 1e-8, 0.1, 3)
+    cpu.adamw_update(p, g, m, v, decay, 3e-3, 0.9, 0.95, 1e-8, 0.1, 3, 0.3)
+    for got, ref in zip((p, m, v), want):
+        np.testing.assert_array_equal(got, ref)
 
 
 def test_adamw_optimizer_on_numba_equals_numpy_bit_for_bit():
@@ -363,6 +395,7 @@ def _parameters(fn):
 
 def test_fused_kernels_have_their_twins_signatures():
     twins = {**TWINS, "cross_entropy_backward": loss.cross_entropy_backward,
+             "cross_entropy_forward_backward": loss.cross_entropy_forward_backward,
              "adamw_update": optim.adamw_update}
     for name, twin in twins.items():
         assert _parameters(getattr(cpu, name)) == _parameters(twin), name
@@ -370,8 +403,8 @@ def test_fused_kernels_have_their_twins_signatures():
 
 def test_the_registry_serves_the_fused_kernels_only_on_numba():
     names = ("layernorm_forward", "layernorm_backward", "gelu_tanh_forward", "gelu_tanh_backward",
-             "cross_entropy_forward", "cross_entropy_backward", "adamw_update", "sum_squares",
-             "embedding_backward")
+             "cross_entropy_forward", "cross_entropy_backward", "cross_entropy_forward_backward",
+             "adamw_update", "sum_squares", "embedding_backward")
     with kernels.backend("numba"):
         assert all(kernels.fused(n) is getattr(cpu, n) for n in names)
     with kernels.backend("numpy"):
@@ -468,6 +501,7 @@ def _module_cases(dtype):
         "GELU": (lambda: nn.GELU(), (x,), dout),
         "ReLU": (lambda: nn.ReLU(), (x,), dout),
         "CrossEntropyLoss": (lambda: nn.CrossEntropyLoss(label_smoothing=0.1), (x, targets), 0.7),
+        "CrossEntropyLoss dloss 1": (lambda: nn.CrossEntropyLoss(), (x, targets), 1.0),    # from the forward
         "Embedding": (lambda: nn.Embedding(7, 16, **kw, rng=np.random.default_rng(1)), (ids,), dout),
     }
 
@@ -503,3 +537,59 @@ def test_a_module_chooses_its_kernel_at_each_call():
     for dx, dw in grads[:2]:
         assert_close("dx", dx, grads[2][0], 1e-12)
         assert_close("dw", dw, grads[2][1], 1e-12)
+
+
+def test_cross_entropy_module_writes_the_gradient_in_a_training_forward_only():
+    """Training mode on Numba: the forward writes dlogits, backward(1.0) hands it on once; a
+    second backward, another dloss or eval mode compute it from the cache: the same numbers."""
+    rng = np.random.default_rng(13)
+    x, targets = rng.standard_normal((6, 11)).astype(np.float32), rng.integers(0, 11, 6)
+    module = nn.CrossEntropyLoss()
+    with kernels.backend("numba"):
+        module.forward(x, targets)
+        assert module._dlogits is not None
+        first, second = module.backward(1.0), module.backward(1.0)
+        np.testing.assert_array_equal(first, second)
+        np.testing.assert_array_equal(module.backward(0.5), cpu.cross_entropy_backward(0.5, module._cache))
+        module.eval()
+        module.forward(x, targets)
+        assert module._dlogits is None
+        np.testing.assert_array_equal(module.backward(1.0), first)
+
+
+# ------------------------------------------------------------ BLAS inside compiled kernels
+
+@njit(cache=True)
+def _call_gemm(A, B, C, beta):
+    blas._gemm(A, B, C, beta)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+@pytest.mark.parametrize("m, k, n", [(5, 3, 8), (64, 64, 64), (1, 7, 1), (0, 3, 4), (3, 0, 4)])
+def test_gemm_inside_a_kernel_equals_numpy(dtype, beta, m, k, n):
+    """blas._gemm on views with row strides of their own (slices of larger arrays)."""
+    rng = np.random.default_rng(m * 100 + k * 10 + n)
+    A = rng.standard_normal((m + 2, k + 3)).astype(dtype)
+    B = rng.standard_normal((k + 1, n + 5)).astype(dtype)
+    C = rng.standard_normal((m + 4, n + 2)).astype(dtype)
+    want = C.copy()
+    want[1:m + 1, 2:n + 2] = A[2:, 3:] @ B[1:, 5:] + beta * C[1:m + 1, 2:n + 2]
+    _call_gemm(A[2:, 3:], B[1:, 5:], C[1:m + 1, 2:n + 2], beta)
+    assert_close("_gemm", C, want, TOL[dtype])
+
+
+@pytest.mark.parametrize("kind, dtype", [("s", np.float32), ("d", np.float64)])
+def test_the_loop_nest_behind_gemm_without_a_cblas_equals_numpy(kind, dtype):
+    """The compiled loop nest blas.py binds the symbol to where numpy's BLAS has no CBLAS."""
+    fallback = blas._loop_gemm(kind)
+    ptr = ctypes.POINTER(ctypes.c_float if kind == "s" else ctypes.c_double)
+    rng = np.random.default_rng(7)
+    a, b, c = (rng.standard_normal(s).astype(dtype) for s in ((4, 6), (5, 9), (4, 8)))
+    for beta in (0.0, 1.0):
+        want = a[:, :5] @ b[:, :7] + beta * c[:, :7]
+        got = c.copy()
+        fallback.ctypes(101, 111, 111, 4, 7, 5, 1.0, a.ctypes.data_as(ptr), 6, b.ctypes.data_as(ptr), 9,
+                        beta, got.ctypes.data_as(ptr), 8)
+        assert_close("loop gemm", got[:, :7], want, TOL[dtype])
+        np.testing.assert_array_equal(got[:, 7:], c[:, 7:])

@@ -36,13 +36,13 @@ from .blas import matmul, matmul_add  # noqa: E402
 from .elementwise import (embedding_backward, erf, gelu_tanh_backward, gelu_tanh_forward,  # noqa: E402
                           layernorm_backward, layernorm_forward)
 from .gemm import gemm  # noqa: E402
-from .loss import cross_entropy_backward, cross_entropy_forward  # noqa: E402
+from .loss import cross_entropy_backward, cross_entropy_forward, cross_entropy_forward_backward  # noqa: E402
 from .optimizer import adamw_update, sum_squares  # noqa: E402
 from .precompile import warmup  # noqa: E402
 
 __all__ = ["matmul", "matmul_add", "gemm", "attention_forward", "attention_backward", "erf", "warmup",
            "layernorm_forward", "layernorm_backward", "gelu_tanh_forward", "gelu_tanh_backward",
-           "cross_entropy_forward", "cross_entropy_backward", "adamw_update", "sum_squares",
+           "cross_entropy_forward", "cross_entropy_backward", "cross_entropy_forward_backward", "adamw_update", "sum_squares",
            "embedding_backward"]
 
 

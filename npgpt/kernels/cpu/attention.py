@@ -12,9 +12,14 @@ Both paths have the reference's semantics (reference.attention_forward) and are 
 
 Why the fused kernel is fast: its memory is linear in T (the scores of one 64 x 64 block at a
 time, in L1), causal blocks wholly in a query block's future are skipped (half the work at
-Tq = Tk), and its products are the two loop orders of gemm.py, each where it wins: `_ab` for the
-short sums over a head or a key block, `_abt` for the backward's long sums over all the queries.
+Tq = Tk), its block products are BLAS's own (blas.py's `_gemm`: OpenBLAS's small-matrix kernels,
+~4x the speed of gemm.py's Numba loop nests on a 64 x 64 x 64 block), and its blocks are held
+transposed (keys down, queries across), so that the softmax's per-query sums and maxima are
+vector operations along a row instead of sums across SIMD lanes (results/threads.md).
 dropout_p > 0 goes to the reference: dropping probabilities needs them materialised.
+
+Why one file: attention_forward chooses between the two paths and attention_backward follows
+the cache's type; the paths share the masks' helpers, and a reader compares them side by side.
 """
 
 from __future__ import annotations
@@ -26,14 +31,14 @@ from numba import njit, prange
 
 from .. import reference
 from ..reference import FlashAttentionCache, SoftmaxAttentionCache
-from .gemm import _ab, _abt, _dot
-from .intrinsics import _FM, _exp_nonpos
+from .blas import GEMM_SERIAL_MNK, _gemm
+from .gemm import _dot
+from .intrinsics import _FM, _exp_nonpos, _maxnum
 
-# Block sizes (query rows x keys): 32 to 256 measured alike (benchmarks/results/threads.md).
-ATTN_BR = 64          # forward: queries per block
-ATTN_BC = 64          # forward: keys per block
-ATTN_BWD_BR = 64      # backward: queries per block
-ATTN_BWD_BC = 64      # backward: keys per block (and rows of the P^T, dS^T strips)
+# Block sizes (query rows x keys), forward and backward: at most these, and fewer for a head
+# size over 64, so that each block product stays on the calling thread (_block_sizes).
+ATTN_BR = 64          # queries per block
+ATTN_BC = 64          # keys per block
 # Below this many keys, attention_forward takes batched BLAS products around a Numba softmax
 # instead of the fused kernel: faster there (see attention_forward).
 ATTN_FUSED_FROM_TK = 96
@@ -64,71 +69,108 @@ def _transposed(x):
 
 
 @njit(fastmath=_FM, cache=True)
+def _first_query(j, i0, mi, Tq, Tk, causal):
+    """The first row r of a query block (queries i0 .. i0+mi-1) that may see key j: causal, query
+    i sees key j when j <= i + (Tk - Tq); otherwise every row does."""
+    return min(max(j - (Tk - Tq) - i0, 0), mi) if causal else 0
+
+
+@njit(fastmath=_FM, cache=True)
 def _flash_forward_head(q, k, v, bias, causal, scale, out, lse, br, bc):
     """One head: out = softmax(q k^T * scale + mask) v, walking key blocks with an online softmax.
 
     q: (Tq, D), k, v: (Tk, D), bias: (Tk,) 0 or -inf; writes out: (Tq, D) and lse: (Tq,).
-    Per query block only a (br, bc) score block, (br, D) accumulator and two (br,) rows are kept.
+    Per query block only a score block, an accumulator and a few rows of br numbers are kept.
+
+    The blocks are held transposed, keys down and queries across: S^T = K_j Q_i^T, and the
+    accumulator as acc^T (D, br). Then every per-query quantity (the running max m, the sum l,
+    the rescaling factor) is a row of br numbers, and each step of the softmax is one vector
+    operation along a row of S^T; a query-major block would need a sum across SIMD lanes per
+    row instead. Both products are plain ones on packed operands, as BLAS runs them fastest.
     """
     Tq, D = q.shape
     Tk = k.shape[0]
-    dt = q.dtype.type
-    kt = _transposed(k)                            # (D, Tk): k packed so a block's keys are contiguous
-    s = np.empty((br, bc), dtype=q.dtype)          # scores, then probabilities, of one block
-    acc = np.empty((br, D), dtype=q.dtype)         # unnormalised output rows: sum_j p_ij v_j
-    m = np.empty(br, dtype=q.dtype)                # running max of each row's scores
-    l = np.empty(br, dtype=q.dtype)                # running sum of exp(s - m) of each row  # noqa: E741
+    qt = _transposed(q)                            # (D, Tq): S^T = K_j Q_i^T is a plain product
+    vt = _transposed(v)                            # (D, Tk): acc^T += V_j^T P^T too
+    st = np.empty((bc, br), dtype=q.dtype)         # S^T, then P^T, of one block
+    acct = np.empty((D, br), dtype=q.dtype)        # unnormalised outputs, transposed: sum_j v_j p_ij
+    m = np.empty(br, dtype=q.dtype)                # running max of each query's scores
+    l = np.empty(br, dtype=q.dtype)                # running sum of exp(s - m) of each query  # noqa: E741
+    mb = np.empty(br, dtype=q.dtype)               # this block's max, then exp(m_old - m_new)
+    lb = np.empty(br, dtype=q.dtype)               # this block's sum of exp(s - m_new)
     # for each query block Q_i = q[i0:i1]
     for i0 in range(0, Tq, br):
         i1 = min(i0 + br, Tq)
         mi = i1 - i0
         m[:] = -np.inf
         l[:] = 0
-        acc[:] = 0
+        acct[:, :mi] = 0
         kend = _visible(i1 - 1, Tq, Tk, causal, Tk)   # keys past kend are hidden from the whole block
         # for each key block K_j, V_j = k[j0:j1], v[j0:j1] that some query of the block may see
         for j0 in range(0, kend, bc):
             j1 = min(j0 + bc, kend)
             nj = j1 - j0
-            # S = Q_i K_j^T                                     (mi, D) @ (D, nj)
-            _ab(q[i0:i1], 0, kt, j0, D, nj, s, False)
-            # for each row: m_new = max(m, max_j s);  p = exp(s - m_new);  l = l e^(m - m_new) + sum_j p
-            for r in range(mi):
-                nv = _visible(i0 + r, Tq, Tk, causal, j1) - j0      # keys j0 .. j0+nv-1 are not causal-hidden
-                mx = dt(-np.inf)
-                for c in range(max(nv, 0)):
-                    x = s[r, c] * dt(scale) + bias[j0 + c]
-                    s[r, c] = x
-                    mx = max(mx, x)
-                m_new = max(m[r], mx)
-                if m_new == -np.inf:                                  # nothing visible yet: p = 0
-                    s[r, :nj] = 0
-                    continue
-                alpha = _exp_nonpos(m[r] - m_new)                     # rescales what was summed so far
-                total = dt(0)
-                for c in range(max(nv, 0)):
-                    p = _exp_nonpos(s[r, c] - m_new)
-                    s[r, c] = p
-                    total += p
-                s[r, max(nv, 0):nj] = 0
-                l[r] = l[r] * alpha + total
-                m[r] = m_new
-                for d in range(D):
-                    acc[r, d] *= alpha
-            # acc += P V_j                                      (mi, nj) @ (nj, D)
-            _ab(s[:mi], 0, v[j0:j1], 0, nj, D, acc, True)
-        _finish_rows(acc[:mi], m, l, out[i0:i1], lse[i0:i1])
+            # S^T = K_j Q_i^T                                   (nj, D) @ (D, mi)
+            _gemm(k[j0:j1], qt[:, i0:i1], st[:nj, :mi], 0.0)
+            # P^T = exp(S^T * scale + mask - m_new), with the running max and sum updated
+            _online_softmax_block(st, nj, mi, bias[j0:j1], scale, j0, i0, Tq, Tk, causal, m, l, mb, lb,
+                                  acct)
+            # acc^T += V_j^T P^T                                (D, nj) @ (nj, mi)
+            _gemm(vt[:, j0:j1], st[:nj, :mi], acct[:, :mi], 1.0)
+        _finish_columns(acct[:, :mi], m, l, out[i0:i1], lse[i0:i1])
 
 
 @njit(fastmath=_FM, cache=True)
-def _finish_rows(acc, m, l, out, lse):  # noqa: E741
-    """out_i = acc_i / l_i;  lse_i = m_i + log(l_i)   (a row that saw no key: out = 0, lse = -inf)."""
-    dt = acc.dtype.type
-    for r in range(acc.shape[0]):
+def _online_softmax_block(st, nj, mi, bias, scale, j0, i0, Tq, Tk, causal, m, l, mb, lb, acct):  # noqa: E741
+    """One key block of the online softmax, in place: st[:nj, :mi] holds S^T and leaves as P^T,
+
+        s = S^T * scale + mask;  m_new = max(m, max over the block's keys);
+        P^T = exp(s - m_new);  l = l exp(m - m_new) + sum over the keys;  acc^T *= exp(m - m_new)
+
+    (0 for a query that has seen no key yet). mb, lb: scratch rows of mi numbers. The whole
+    arrays are passed, not st[:nj, :mi]: Numba knows a whole C array's rows are contiguous, and
+    only then vectorises the loops along them."""
+    dt = st.dtype.type
+    mb[:mi] = -np.inf
+    # s = S^T * scale + mask, and each query's max over the block
+    for c in range(nj):
+        r0 = _first_query(j0 + c, i0, mi, Tq, Tk, causal)
+        st[c, :r0] = -np.inf                              # key j0+c is in their future
+        # views, so that the loop runs from 0 (see gemm.py's _abt: it then vectorises)
+        s_c, m_c, b = st[c, r0:mi], mb[r0:mi], bias[c]
+        for r in range(mi - r0):
+            x = s_c[r] * dt(scale) + b
+            s_c[r] = x
+            m_c[r] = _maxnum(m_c[r], x)
+    # m_new = max(m, block max);  alpha = exp(m - m_new) rescales what was summed so far
+    for r in range(mi):
+        m_new = _maxnum(m[r], mb[r])
+        mb[r] = _exp_nonpos(m[r] - m_new) if m_new > -np.inf else dt(1)
+        m[r] = m_new
+        lb[r] = 0
+    # P^T = exp(s - m_new) (0 while a query has seen no key), and each query's sum
+    for c in range(nj):
+        for r in range(mi):
+            x = _exp_nonpos(st[c, r] - m[r]) if m[r] > -np.inf else dt(0)
+            st[c, r] = x
+            lb[r] += x
+    for r in range(mi):
+        l[r] = l[r] * mb[r] + lb[r]
+    for d in range(acct.shape[0]):
+        for r in range(mi):
+            acct[d, r] *= mb[r]
+
+
+@njit(fastmath=_FM, cache=True)
+def _finish_columns(acct, m, l, out, lse):  # noqa: E741
+    """out_i = acc_i / l_i (acc held transposed);  lse_i = m_i + log(l_i)   (a query that saw no
+    key: out = 0, lse = -inf)."""
+    dt = acct.dtype.type
+    for r in range(out.shape[0]):
         if l[r] > 0:
             inv = dt(1) / l[r]
-            for d in range(acc.shape[1]):
-                out[r, d] = acc[r, d] * inv
+            for d in range(acct.shape[0]):
+                out[r, d] = acct[d, r] * inv
             lse[r] = m[r] + math.log(l[r])
         else:
             out[r, :] = 0
@@ -145,42 +187,34 @@ def _flash_forward(q, k, v, key_bias, causal, scale, out, lse, br, bc):
                             out[b, h], lse[b, h], br, bc)
 
 
-@njit(fastmath={"contract"}, cache=True)
-def _dot_in_order(a, b):
-    """A dot product summed strictly left to right, in the order `_ab` sums dP = dO V^T: where a
-    row sees a single key, out = v exactly and dS = P (dP - D) must come out exactly 0."""
-    s = a.dtype.type(0)
-    for p in range(a.shape[0]):
-        s += a[p] * b[p]
-    return s
-
-
 @njit(fastmath=_FM, cache=True)
 def _flash_backward_head(q, k, v, out, dout, lse, bias, causal, scale, dq, dk, dv, br, bc):
     """One head's gradients, recomputing the probabilities block by block from the row lse.
 
-    dq, dk, dv: (T, D) outputs, zeroed here. FlashAttention-2 order: key blocks outside, query
-    blocks inside. For one key block the P^T and dS^T of every query are kept, as a (bc, Tq)
-    strip (linear in T), so that dV_j and dK_j are each one product summed over all the queries:
-    a long sum keeps the 4 x 4 tiles busy, where a 64-long one spends half its time adding up
-    the SIMD lanes.
+    dq, dk, dv: (T, D) outputs, written here. FlashAttention-2 order: key blocks outside, query
+    blocks inside, so dK_j and dV_j add up in place over the query blocks while dQ_i collects a
+    term from every key block. The blocks are transposed as in the forward (keys down, queries
+    across: S^T, dP^T, then P^T, dS^T in their place), which makes P^T and dS^T the operands of
+    dV_j and dK_j as they are, dQ^T a plain product too, and each step of the softmax backward
+    one vector operation along a row.
     """
     Tq, D = q.shape
     Tk = k.shape[0]
-    dt = q.dtype.type
-    kt = _transposed(k)                     # (D, Tk)  packs, so that each operand below is read
-    vt = _transposed(v)                     # (D, Tk)  along its rows
-    qt = _transposed(q)                     # (D, Tq)
-    dot = _transposed(dout)                 # (D, Tq)
-    # D_i = rowsum(dout_i * out_i) = sum_j p_ij dp_ij: the softmax backward's subtracted term
+    qt = _transposed(q)                      # (D, Tq)  packed: every product below is a plain one
+    dot = _transposed(dout)                  # (D, Tq)
+    kt = _transposed(k)                      # (D, Tk)
+    dqt = np.zeros((D, qt.shape[1]), dtype=q.dtype)   # dQ^T, added into over the key blocks
+    # D_i = rowsum(dout_i * out_i) = sum_j p_ij dp_ij: the softmax backward's subtracted term;
+    # a query that sees no key gets lse = +inf here, so that its P = exp(s - lse) is 0
     delta = np.empty(Tq, dtype=q.dtype)
+    lse_p = np.empty(Tq, dtype=q.dtype)
     for i in range(Tq):
-        delta[i] = _dot_in_order(dout[i], out[i])
-    p = np.empty((br, bc), dtype=q.dtype)    # P_ij of one block
-    ds = np.empty((br, bc), dtype=q.dtype)   # dP_ij, then dS_ij in place
-    pt = np.empty((bc, _row_length(Tq, q.itemsize)), dtype=q.dtype)    # P_:j^T for every query:
-    dst = np.empty((bc, _row_length(Tq, q.itemsize)), dtype=q.dtype)   # the strip of key block j; dS^T
-    dq[:] = 0
+        delta[i] = _dot(dout[i], out[i])
+        lse_p[i] = lse[i] if lse[i] > -np.inf else np.inf
+    st = np.empty((bc, br), dtype=q.dtype)    # S^T, then P^T, of one block
+    dst = np.empty((bc, br), dtype=q.dtype)   # dP^T, then dS^T
+    dk[:] = 0
+    dv[:] = 0
     # for each key block K_j, V_j = k[j0:j1], v[j0:j1]
     for j0 in range(0, Tk, bc):
         j1 = min(j0 + bc, Tk)
@@ -193,29 +227,40 @@ def _flash_backward_head(q, k, v, out, dout, lse, bias, causal, scale, dq, dk, d
         for i0 in range(istart, Tq, br):
             i1 = min(i0 + br, Tq)
             mi = i1 - i0
-            # S = Q_i K_j^T;  dP = dO_i V_j^T                  (mi, D) @ (D, nj) each
-            _ab(q[i0:i1], 0, kt, j0, D, nj, p, False)
-            _ab(dout[i0:i1], 0, vt, j0, D, nj, ds, False)
+            # S^T = K_j Q_i^T;  dP^T = V_j dO_i^T              (nj, D) @ (D, mi) each
+            _gemm(k[j0:j1], qt[:, i0:i1], st[:nj, :mi], 0.0)
+            _gemm(v[j0:j1], dot[:, i0:i1], dst[:nj, :mi], 0.0)
             # P = exp(S * scale + mask - lse_i);  dS = P * (dP - D_i) * scale
-            for r in range(mi):
-                i = i0 + r
-                nv = _visible(i, Tq, Tk, causal, j1) - j0
-                nv = max(nv, 0) if lse[i] > -np.inf else 0          # a row with no visible key: 0
-                for c in range(nv):
-                    x = _exp_nonpos(p[r, c] * dt(scale) + bias[j0 + c] - lse[i])
-                    p[r, c] = x
-                    ds[r, c] = x * (ds[r, c] - delta[i]) * dt(scale)
-                for c in range(nv, nj):
-                    p[r, c] = 0
-                    ds[r, c] = 0
-                for c in range(nj):
-                    pt[c, i] = p[r, c]
-                    dst[c, i] = ds[r, c]
-            # dQ_i += dS K_j                                     (mi, nj) @ (nj, D)
-            _ab(ds[:mi], 0, k[j0:j1], 0, nj, D, dq[i0:i1], True)
-        # dV_j = P_:j^T dO;  dK_j = dS_:j^T Q        (nj, Tq - istart) @ (Tq - istart, D)
-        _abt(pt[:nj], istart, dot, istart, Tq - istart, dv[j0:j1], False)
-        _abt(dst[:nj], istart, qt, istart, Tq - istart, dk[j0:j1], False)
+            _softmax_backward_block(st, dst, nj, mi, bias[j0:j1], scale, lse_p[i0:i1], delta[i0:i1],
+                                    j0, i0, Tq, Tk, causal)
+            # dV_j += P^T dO_i;  dK_j += dS^T Q_i            (nj, mi) @ (mi, D) each
+            _gemm(st[:nj, :mi], dout[i0:i1], dv[j0:j1], 1.0)
+            _gemm(dst[:nj, :mi], q[i0:i1], dk[j0:j1], 1.0)
+            # dQ_i^T += K_j^T dS^T                             (D, nj) @ (nj, mi)
+            _gemm(kt[:, j0:j1], dst[:nj, :mi], dqt[:, i0:i1], 1.0)
+    for i in range(Tq):
+        for d in range(D):
+            dq[i, d] = dqt[d, i]
+
+
+@njit(fastmath=_FM, cache=True)
+def _softmax_backward_block(st, dst, nj, mi, bias, scale, lse, delta, j0, i0, Tq, Tk, causal):
+    """In place on one block, transposed (keys down, queries across): st[:nj, :mi] holds S^T and
+    leaves as P^T = exp(S^T * scale + mask - lse), dst holds dP^T and leaves as
+    dS^T = P^T (dP^T - D) scale. (Whole arrays passed: see _online_softmax_block.)"""
+    dt = st.dtype.type
+    for c in range(nj):
+        r0 = _first_query(j0 + c, i0, mi, Tq, Tk, causal)
+        st[c, :r0] = 0                                     # key j0+c is in their future
+        dst[c, :r0] = 0
+        # views, so that the loop runs from 0 (see gemm.py's _abt: it then vectorises)
+        p_c, ds_c, b, lse_c, delta_c = st[c, r0:mi], dst[c, r0:mi], bias[c], lse[r0:mi], delta[r0:mi]
+        for r in range(mi - r0):
+            x = _exp_nonpos(p_c[r] * dt(scale) + b - lse_c[r])
+            p_c[r] = x
+            # P = 1: the query sees this key alone, D_i = dP_ij and dS = 0 (only rounding
+            # would differ: BLAS sums dP in its own order), exactly 0 as in the reference
+            ds_c[r] = x * (ds_c[r] - delta_c[r]) * dt(scale) if x != 1 else dt(0)
 
 
 @njit(parallel=True, cache=True)
@@ -236,11 +281,11 @@ def _softmax_head(s, bias, causal, scale):
     # for each query row i: x = s * scale + bias over its visible keys, m = max x, p = exp(x - m) / sum
     for i in range(Tq):
         nv = _visible(i, Tq, Tk, causal, Tk)
-        mx = dt(-np.inf)
         for c in range(nv):
-            x = s[i, c] * dt(scale) + bias[c]
-            s[i, c] = x
-            mx = max(mx, x)
+            s[i, c] = s[i, c] * dt(scale) + bias[c]
+        mx = dt(-np.inf)
+        for c in range(nv):            # a loop of its own: with the stores above it stays scalar
+            mx = _maxnum(mx, s[i, c])
         if mx == -np.inf:
             s[i, :] = 0
             continue
@@ -339,13 +384,22 @@ def attention_forward(q, k, v, causal=True, key_pad=None, dropout_p=0.0, rng=Non
     return _attention_forward_fused(q, k, v, bool(causal), key_bias)
 
 
+def _block_sizes(D: int) -> tuple[int, int]:
+    """(queries, keys) per block: ATTN_BR x ATTN_BC, fewer keys (then queries) for a head size
+    over 64, so that every block product, br x bc x D multiply-adds, is at most GEMM_SERIAL_MNK:
+    OpenBLAS then runs it on the calling thread (blas.py), inside this kernel's parallel tasks."""
+    bc = min(ATTN_BC, max(1, GEMM_SERIAL_MNK // (ATTN_BR * max(D, 1))))
+    br = min(ATTN_BR, max(1, GEMM_SERIAL_MNK // (bc * max(D, 1))))
+    return br, bc
+
+
 def _attention_forward_fused(q, k, v, causal, key_bias):
     B, H, Tq, D = q.shape
     scale = 1.0 / math.sqrt(D)
     out = np.empty((B, H, Tq, D), dtype=q.dtype)
     lse = np.empty((B, H, Tq), dtype=q.dtype)
     if out.size:
-        _flash_forward(q, k, v, key_bias, causal, scale, out, lse, ATTN_BR, ATTN_BC)
+        _flash_forward(q, k, v, key_bias, causal, scale, out, lse, *_block_sizes(D))
     else:
         lse[:] = -np.inf
     return out, FlashAttentionCache(q, k, v, out, lse, key_bias, causal, scale)
@@ -379,7 +433,7 @@ def attention_backward(dout, cache):
     dv = np.empty_like(v)
     if q.size and k.size:
         _flash_backward(q, k, v, out, dout, lse, key_bias, causal, scale, dq, dk, dv,
-                        ATTN_BWD_BR, ATTN_BWD_BC)
+                        *_block_sizes(q.shape[-1]))
     else:
         dq[:] = 0
         dk[:] = 0

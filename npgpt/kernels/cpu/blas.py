@@ -1,4 +1,5 @@
-"""matmul and matmul_add on numpy's own OpenBLAS; matmul_add through its CBLAS interface.
+"""matmul and matmul_add on numpy's own OpenBLAS; matmul_add, and the products inside compiled
+kernels (`_gemm`), through its CBLAS interface.
 
 matmul is the reference's: np.matmul (BLAS's hand-written kernels beat the study `gemm` on every
 shape measured), with stacked rows (B, T, K) @ (K, N) flattened into one product.
@@ -9,13 +10,24 @@ again to add it; for GPT-2's tied head that is a 154 MB array per step, freshly 
 gemm computes C = alpha A B + beta C, and beta = 1 adds into c while the product is formed: one
 pass, no temporary. numpy does not expose it, so this module finds cblas_?gemm in the OpenBLAS
 that numpy loaded and calls it with ctypes. The lookup runs once, when the module is imported.
+
+_gemm(A, B, C, beta) is C = A @ B + beta C on 2-D views, callable from a Numba kernel: the
+fused attention's block products (attention.py). It calls the same cblas_?gemm, by a symbol
+name registered with LLVM here (so Numba's on-disk cache stays valid from process to process),
+where a Numba loop nest (gemm.py's kind) reaches a quarter of BLAS's speed on a 64 x 64 x 64
+block (results/threads.md). Without a CBLAS, the symbol is a compiled loop nest instead.
 """
 
 from __future__ import annotations
 
 import ctypes
 
+import llvmlite.binding as llvm
 import numpy as np
+from llvmlite import ir
+from numba import cfunc, carray, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 
 from .. import reference
 
@@ -111,3 +123,94 @@ def _gives_the_right_answer(fn, dtype) -> bool:
 
 
 _CBLAS = {kind: _find_cblas_gemm(kind) for kind in ("s", "d")}   # {"s" | "d": ?gemm or None}
+
+
+# ---------------------------------------------------------------------------------------------
+# _gemm: C = A @ B + beta C inside a compiled kernel, on BLAS
+# ---------------------------------------------------------------------------------------------
+
+# the symbols a compiled kernel calls, bound below to cblas_sgemm / cblas_dgemm (or a loop nest)
+_SYMBOLS = {"s": "npgpt_cblas_sgemm", "d": "npgpt_cblas_dgemm"}
+# A product of at most this many multiply-adds (M N K) runs on the calling thread in OpenBLAS
+# (its threshold for using its own threads, 65536 x GEMM_MULTITHREAD_THRESHOLD 4): a kernel
+# that calls _gemm from its parallel tasks keeps its blocks under it, so that the two thread
+# pools never meet.
+GEMM_SERIAL_MNK = 65536 * 4
+
+
+def _loop_gemm(kind: str):
+    """cblas_?gemm's signature, row-major, no transposes, as a compiled loop nest: the symbol's
+    target where numpy's BLAS offers no CBLAS (correct, and as slow as a plain loop nest)."""
+    real = types.float32 if kind == "s" else types.float64
+    sig = types.void(types.int32, types.int32, types.int32, types.int64, types.int64, types.int64, real,
+                     types.CPointer(real), types.int64, types.CPointer(real), types.int64, real,
+                     types.CPointer(real), types.int64)
+
+    def gemm_nn(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        A, B, C = carray(a, (m, lda)), carray(b, (k, ldb)), carray(c, (m, ldc))
+        for i in range(m):
+            for j in range(n):
+                C[i, j] = C[i, j] * beta if beta != 0 else 0
+            # C_i += alpha * A_ip * B_p, for p along the sum
+            for p in range(k):
+                x = alpha * A[i, p]
+                for j in range(n):
+                    C[i, j] += x * B[p, j]
+    return cfunc(sig, cache=True)(gemm_nn)
+
+
+def _bind_symbols() -> None:
+    for kind, symbol in _SYMBOLS.items():
+        fn = _CBLAS[kind]
+        address = ctypes.cast(fn, ctypes.c_void_p).value if fn is not None else _loop_gemm(kind).address
+        llvm.add_symbol(symbol, address)
+
+
+_bind_symbols()
+
+
+@intrinsic
+def _cblas_gemm_nn(typingctx, m, n, k, a, lda, b, ldb, beta, c, ldc):
+    """cblas_?gemm(RowMajor, NoTrans, NoTrans, m, n, k, 1, a, lda, b, ldb, beta, c, ldc), the
+    precision chosen by beta's type; a, b, c: addresses."""
+    kind = "s" if beta.bitwidth == 32 else "d"
+    i, u = types.intp, types.uintp
+    sig = types.void(i, i, i, u, i, u, i, beta, u, i)
+
+    def codegen(context, builder, signature, args):
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        real = ir.FloatType() if kind == "s" else ir.DoubleType()
+        ptr = real.as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, i64, i64, i64, real, ptr, i64, ptr, i64,
+                                                real, ptr, i64])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, _SYMBOLS[kind])
+        m_, n_, k_, a_, lda_, b_, ldb_, beta_, c_, ldc_ = args
+        builder.call(fn, [ir.Constant(i32, _ROW_MAJOR), ir.Constant(i32, _NO_TRANS), ir.Constant(i32, _NO_TRANS),
+                          m_, n_, k_, ir.Constant(real, 1.0), builder.inttoptr(a_, ptr), lda_,
+                          builder.inttoptr(b_, ptr), ldb_, beta_, builder.inttoptr(c_, ptr), ldc_])
+    return sig, codegen
+
+
+def _gemm(A, B, C, beta):
+    """C = A @ B + beta C, in place, inside compiled code. A: (m, k), B: (k, n), C: (m, n),
+    views whose rows are contiguous (any row stride); beta 0 overwrites C, 1 adds into it."""
+    raise NotImplementedError("only callable from compiled code")
+
+
+@overload(_gemm)
+def _gemm_impl(A, B, C, beta):
+    dt = C.dtype
+
+    def gemm(A, B, C, beta):
+        m, k = A.shape
+        n = B.shape[1]
+        if m == 0 or n == 0:
+            return
+        if k == 0:                               # BLAS would scale C by beta: do it here
+            if beta == 0:
+                C[:, :] = 0
+            return
+        item = A.itemsize
+        _cblas_gemm_nn(m, n, k, A.ctypes.data, max(A.strides[0] // item, k), B.ctypes.data,
+                       max(B.strides[0] // item, n), dt(beta), C.ctypes.data, max(C.strides[0] // item, n))
+    return gemm

@@ -1,16 +1,14 @@
-"""The study GEMM: a blocked, register-tiled matrix product in Numba, and its two loop orders.
+"""The study GEMM: a blocked, register-tiled matrix product in Numba.
 
 matmul itself goes to numpy's BLAS (blas.py), which is faster on every shape measured
 (benchmarks/results/gemm.md); `gemm` is here to be read, and is tested equal to the reference.
-Its pieces are also the building blocks of the fused attention (attention.py):
+The fused attention, which once built its block products from these pieces, calls BLAS's
+small-matrix kernels too (blas.py's `_gemm`: ~4x faster on its 64 x 64 x 64 blocks).
 
     _tile4x4   16 dot products of 4 rows of A with 4 rows of B, the sums held in registers
     _abt       C (+)= A @ B^T, rows of both contiguous along the sum: 4 x 4 tiles of `_tile4x4`.
-               The inner loop is a dot product; it wins for long sums (the GEMM; attention's dV
-               and dK, summed over all the queries)
-    _ab        C (+)= A @ B, the inner loop along a row of C and of B ("axpy"): no sums across
-               SIMD lanes at the end, but C's rows go through L1 at every step. It wins for short
-               sums (a head size, a 64-key block)
+               The inner loop is a dot product, so it wins for long sums
+    _dot       one dot product (the tiles' edges; attention's rowsum(dO * O))
     gemm       C = a @ b, cache-blocked panels of `_abt`, one parallel task per row panel
 
 Where an operand is laid out the other way it is first copied transposed ("packed"), at a cost
@@ -107,48 +105,9 @@ def _abt(A, ak, B, bk, n, C, accumulate):
             C[r, c] = C[r, c] + s if accumulate else s
 
 
-@njit(fastmath=_FM, cache=True)
-def _ab(A, ak, B, bk, n, nb, C, accumulate):
-    """C[r, c] (+)= sum_{p < n} A[r, ak + p] * B[p, bk + c]   for every row r of A and c < nb.
-
-    The other loop order, for short sums (attention's head size, a 64-key block): the innermost
-    loop runs along a row of C and of B ("axpy": c_r += a_rp * b_p), so the SIMD lanes hold
-    different outputs and nothing is added across lanes at the end. Four rows of C at a time
-    share each loaded row of B. C's rows are re-read and re-written at every p, so this wins
-    only while they stay in L1 (for a 64 x 64 x 64 block it is ~1.6x faster than `_abt`, which
-    wins from sums of ~128 on; benchmarks/results/threads.md).
-    """
-    m = A.shape[0]
-    m4 = m - m % 4
-    dt = C.dtype.type
-    # for each group of 4 rows of C
-    for r in range(0, m4, 4):
-        c0 = C[r, :nb]; c1 = C[r + 1, :nb]; c2 = C[r + 2, :nb]; c3 = C[r + 3, :nb]   # noqa: E702
-        if not accumulate:
-            c0[:] = 0; c1[:] = 0; c2[:] = 0; c3[:] = 0                                # noqa: E702
-        # for p along the sum: c_r += a_rp * b_p   (4 rows of C, one row of B)
-        for p in range(n):
-            x0 = A[r, ak + p]; x1 = A[r + 1, ak + p]; x2 = A[r + 2, ak + p]; x3 = A[r + 3, ak + p]  # noqa
-            b = B[p, bk:bk + nb]
-            for c in range(nb):
-                y = b[c]
-                c0[c] += x0 * y; c1[c] += x1 * y; c2[c] += x2 * y; c3[c] += x3 * y    # noqa: E702
-    # the rows of the edge, one at a time
-    for r in range(m4, m):
-        c0 = C[r, :nb]
-        if not accumulate:
-            c0[:] = dt(0)
-        for p in range(n):
-            x0 = A[r, ak + p]
-            b = B[p, bk:bk + nb]
-            for c in range(nb):
-                c0[c] += x0 * b[c]
-
-
 # ---------------------------------------------------------------------------------------------
 # GEMM
 # ---------------------------------------------------------------------------------------------
-
 # Cache blocking, sized for a 32 KiB L1d and a 1 MiB L2 per core (sizes within a factor of two
 # either way measured alike: benchmarks/results/threads.md).
 GEMM_MC = 64      # rows of C per parallel task (and per L2-resident panel of A)

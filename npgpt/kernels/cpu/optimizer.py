@@ -22,13 +22,15 @@ from .tasks import FLAT_CHUNK, flat_tasks
 
 @njit(error_model="numpy", cache=True)
 def _adamw_span(p, g, m, v, decay, i0, i1, wd_factor, one_minus_beta1, beta2, one_minus_beta2,
-                bc2_sqrt, eps, neg_step_size):
+                bc2_sqrt, eps, neg_step_size, grad_scale, zero_grad):
     """Elements i0 .. i1-1 of the AdamW step, each operation in npgpt.optim.adamw_update's order
     and dtype (no fastmath: no fused multiply-add, so the same roundings, bit for bit)."""
     ps, gs, ms, vs, ds = p[i0:i1], g[i0:i1], m[i0:i1], v[i0:i1], decay[i0:i1]
     for i in range(ps.shape[0]):
         pi = ps[i] * wd_factor if ds[i] else ps[i]          # p <- p (1 - lr wd)   where decay
-        gi = gs[i]
+        gi = gs[i] * grad_scale                               # g' = grad_scale g (the clip)
+        if zero_grad:
+            gs[i] = 0                                         # read: the next backward adds into 0
         mi = ms[i] + (gi - ms[i]) * one_minus_beta1           # m <- m + (1 - beta1) (g - m)
         vi = vs[i] * beta2 + (gi * gi) * one_minus_beta2      # v <- beta2 v + (1 - beta2) g^2
         denom = np.sqrt(vi) / bc2_sqrt + eps                  # sqrt(v) / sqrt(1 - beta2^t) + eps
@@ -39,21 +41,28 @@ def _adamw_span(p, g, m, v, decay, i0, i1, wd_factor, one_minus_beta1, beta2, on
 
 @njit(parallel=True, cache=True)
 def _adamw_tasks(p, g, m, v, decay, wd_factor, one_minus_beta1, beta2, one_minus_beta2, bc2_sqrt,
-                 eps, neg_step_size, n_tasks):
+                 eps, neg_step_size, grad_scale, zero_grad, n_tasks):
     n = p.shape[0]
     # for each chunk of FLAT_CHUNK elements, in parallel
     for t in prange(n_tasks):
         _adamw_span(p, g, m, v, decay, t * FLAT_CHUNK, min(t * FLAT_CHUNK + FLAT_CHUNK, n),
-                    wd_factor, one_minus_beta1, beta2, one_minus_beta2, bc2_sqrt, eps, neg_step_size)
+                    wd_factor, one_minus_beta1, beta2, one_minus_beta2, bc2_sqrt, eps, neg_step_size,
+                    grad_scale, zero_grad)
 
 
-def adamw_update(p, g, m, v, decay, lr, beta1, beta2, eps, weight_decay, step) -> None:
+def adamw_update(p, g, m, v, decay, lr, beta1, beta2, eps, weight_decay, step,
+                 grad_scale=1.0, zero_grad=False) -> None:
     """npgpt.optim.adamw_update as one parallel pass over the flat buffers, in place (p, m, v).
 
     The NumPy form walks each 64 K chunk nine times (one ufunc per operation); this reads
     p, g, m, v, decay once and writes p, m, v once: the update is bound by memory bandwidth.
     Every operation is the NumPy form's, in its order, with its constants rounded to the dtype
     as NumPy rounds them (a Python float meets a float32 array as a float32): equal bit for bit.
+
+    The clip and the zeroing ride along: grad_scale multiplies each gradient as it is read
+    (a separate `g *= coef` pass would read and write all of g once more), and zero_grad writes
+    the 0 into a cache line that is already in L1 (a separate fill walks all of g again).
+    On GPT-2 124M, 2 cores: results/step.md.
     """
     if not isinstance(p, np.ndarray) or p.ndim != 1 or p.dtype not in (np.float32, np.float64):
         raise TypeError(f"p has dtype {getattr(p, 'dtype', None)} and shape {getattr(p, 'shape', None)}: "
@@ -68,7 +77,8 @@ def adamw_update(p, g, m, v, decay, lr, beta1, beta2, eps, weight_decay, step) -
             raise ValueError(f"{name} is not contiguous: expected a slice of a flat buffer")
     dt = p.dtype.type
     consts = (dt(1 - lr * weight_decay) if weight_decay != 0 else dt(1), dt(1 - beta1), dt(beta2),
-              dt(1 - beta2), dt((1 - beta2 ** step) ** 0.5), dt(eps), dt(-(lr / (1 - beta1 ** step))))
+              dt(1 - beta2), dt((1 - beta2 ** step) ** 0.5), dt(eps), dt(-(lr / (1 - beta1 ** step))),
+              dt(grad_scale), bool(zero_grad))
     n_tasks = flat_tasks(p.size)
     if n_tasks:
         _adamw_tasks(p, g, m, v, decay, *consts, n_tasks)

@@ -21,7 +21,7 @@ from .blas import matmul_add
 from .elementwise import (embedding_backward, erf, gelu_tanh_backward, gelu_tanh_forward,
                           layernorm_backward, layernorm_forward)
 from .gemm import gemm
-from .loss import cross_entropy_backward, cross_entropy_forward
+from .loss import cross_entropy_backward, cross_entropy_forward, cross_entropy_forward_backward
 from .optimizer import adamw_update, sum_squares
 
 
@@ -86,15 +86,18 @@ def _cross_entropy(a):
     targets = np.arange(a.shape[0]) % a.shape[1]
     _, cache = cross_entropy_forward(a, targets, -100, 0.1)
     cross_entropy_backward(1.0, cache)
+    cross_entropy_forward_backward(a, targets, -100, 0.1)
     x, lse, targets, valid, _, eps, _ = cache
     lse = lse.reshape(-1)
     loss._cross_entropy_forward_tasks(x, targets, valid, eps, np.empty_like(lse), np.empty_like(lse), 1)
     loss._cross_entropy_backward_tasks(x, lse, targets, valid, eps, 1.0, np.empty_like(x), 1)
+    loss._cross_entropy_forward_backward_tasks(x, targets, valid, eps, 1.0, np.empty_like(lse),
+                                               np.empty_like(lse), np.empty_like(x), 1)
 
 
 def _adamw(flat):
-    p, m, v = flat.copy(), flat.copy(), flat * flat
-    adamw_update(p, flat, m, v, flat > 0, 1e-3, 0.9, 0.99, 1e-8, 0.1, 1)
+    p, g, m, v = flat.copy(), flat.copy(), flat.copy(), flat * flat
+    adamw_update(p, g, m, v, flat > 0, 1e-3, 0.9, 0.99, 1e-8, 0.1, 1)
     dt = flat.dtype.type
-    optimizer._adamw_tasks(p, flat, m, v, flat > 0, dt(1), dt(0.1), dt(0.99), dt(0.01), dt(0.1), dt(1e-8),
-                           dt(-1e-3), 1)
+    optimizer._adamw_tasks(p, g, m, v, flat > 0, dt(1), dt(0.1), dt(0.99), dt(0.01), dt(0.1), dt(1e-8),
+                           dt(-1e-3), dt(0.5), True, 1)

@@ -1,0 +1,1 @@
+"""npgpt bench: what this machine does on a GPT (placeholder, filled in below)."""
