@@ -50,7 +50,7 @@ def add(sub) -> None:
                    help="each of the triad's three arrays (default: 256, far beyond any cache)")
     p.add_argument("--gemm", default="1024,2048", metavar="LIST", help="sgemm sizes n (n x n x n) for the "
                    "compute peak (default: 1024,2048)")
-    p.add_argument("--plot", default=None, metavar="PNG", help="also draw the roofline with every workload")
+    p.add_argument("--plot", default=None, metavar="PNG", help="also draw the roofline with every workload into PNG (default: no plot)")
     p.set_defaults(run=main)
 
 
