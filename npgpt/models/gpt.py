@@ -157,7 +157,10 @@ class GPT(Module):
         seeded by `seed`.
 
         use_cache: keep each block's keys and values so a step costs one position, not T
-        (the logits equal full recomputation). window: beyond block_size keep only the last
+        (the logits equal full recomputation); the caches have room for block_size positions
+        from the start. Only the last position's logits are computed: the head is a (C, V)
+        product per position (GPT-2: 154 MB of weights), and a prompt's other positions would
+        be scored for nothing. window: beyond block_size keep only the last
         block_size tokens (the cache is rebuilt for the window, since positions shift); with
         window=False a prompt longer than block_size is an error and generation stops at
         block_size. stop_token: stop when every sequence has produced it.
@@ -182,11 +185,12 @@ class GPT(Module):
                     break
                 context = ids[:, -cfg.block_size:]
                 if use_cache and ids.shape[1] <= cfg.block_size and caches is not None:
-                    logits, _ = self.forward(ids[:, -1:], kv_caches=caches)    # one new position
+                    h = self.forward_hidden(ids[:, -1:], kv_caches=caches)    # one new position
                 else:
-                    caches = [KVCache() for _ in self.h] if use_cache else None
-                    logits, _ = self.forward(context, kv_caches=caches)        # (re)fill the window
-                nxt = sample_next(logits[:, -1], temperature, top_k, top_p, rng)
+                    caches = [KVCache(cfg.block_size) for _ in self.h] if use_cache else None
+                    h = self.forward_hidden(context, kv_caches=caches)        # (re)fill the window
+                logits = self.lm_head.forward(h[:, -1:])[:, -1]              # the last position only
+                nxt = sample_next(logits, temperature, top_k, top_p, rng)
                 ids = np.concatenate([ids, nxt[:, None]], axis=1)
                 if stop_token is not None:
                     done |= nxt == stop_token
