@@ -2,7 +2,8 @@
 
     train    the fair twin (twin.py: nanoGPT's model and loop, fused AdamW), from npgpt's weights
     prefill  transformers' GPT2LMHeadModel.generate(max_new_tokens=1, greedy), npgpt's weights
-    decode   the same, 1 + gen new tokens minus 1, back to back (as workloads.decode)
+    decode   the same with 1 + gen new tokens, timed from the first new token to the last by a
+             streamer (as workloads.decode, with generate's on_token)
 
 torch and transformers are optional (the `bench` extra): they are imported inside the functions,
 and `available()` says which of them this Python has, without importing them. The weights are
@@ -20,7 +21,7 @@ from ..models.gpt import GPT
 from ..models.gpt2_hf import gpt2_config_to_hf, gpt2_to_hf
 from . import roofline, twin
 from .report import Result
-from .workloads import HYPER, ModelSpec, batch, prompt_ids, timed
+from .workloads import HYPER, ModelSpec, _decode_result, batch, prompt_ids, timed
 
 
 def available() -> dict:
@@ -59,12 +60,26 @@ def hf_gpt2(spec: ModelSpec):
     return model
 
 
-def _generate(model, ids, n: int):
+def _generate(model, ids, n: int, streamer=None):
     import torch  # optional heavy dependency: the peer
 
     with torch.inference_mode():
         return model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                              do_sample=False, pad_token_id=0)
+                              do_sample=False, pad_token_id=0, streamer=streamer)
+
+
+class _Stamps:
+    """A transformers streamer that notes when each new token arrives (put is called with the
+    prompt first, then with each step's token)."""
+
+    def __init__(self):
+        self.times = []
+
+    def put(self, value):
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
 
 
 def prefill(spec: ModelSpec, prompt: int, repetitions: int, threads: int) -> Result:
@@ -86,17 +101,12 @@ def decode(spec: ModelSpec, prompt: int, gen: int, repetitions: int, threads: in
     ids = torch.from_numpy(prompt_ids(spec, prompt))[None]
     out = []
 
-    def difference():
-        t = time.perf_counter()
-        _generate(model, ids, 1)
-        once = time.perf_counter() - t
-        t = time.perf_counter()
-        out.append(_generate(model, ids, 1 + gen))
-        return time.perf_counter() - t - once
-    first = difference()
-    seconds = [difference() for _ in range(repetitions)]
-    flops, nbytes = roofline.decode(spec.config, prompt + (gen + 1) / 2)
-    return Result(spec.name, "transformers", threads, "decode", f"tg{gen}", unit_tokens=gen,
-                  seconds=seconds, first_s=first, flops=flops * gen, nbytes=nbytes * gen,
-                  params=sum(p.numel() for p in model.parameters()),
-                  extra={"tokens": out[-1][0, prompt:].tolist()})
+    def steps():
+        """generate 1 + gen tokens; the seconds from the first new token to the last."""
+        stamps = _Stamps()
+        out.append(_generate(model, ids, 1 + gen, stamps))
+        return stamps.times[-1] - stamps.times[1]            # times[0]: the prompt itself
+    first = steps()
+    seconds = [steps() for _ in range(repetitions)]
+    return _decode_result(spec, prompt, gen, "transformers", threads, first, seconds,
+                          sum(p.numel() for p in model.parameters()), out[-1][0, prompt:].tolist())

@@ -8,9 +8,10 @@
 
 Weights are random (GPT(cfg, seed=0)): nothing needs a download, and the speed of a model does
 not depend on what its weights say. Each returns a report.Result: the first call timed apart,
-then one time per repetition. A decode repetition is the difference of two calls, generate with
-1 + gen new tokens minus generate with 1, run back to back, so that the prompt's forward is not
-counted in the per-token rate (transformers' side is timed the same way: peer.py).
+then one time per repetition. A decode repetition is one call of generate with 1 + gen new
+tokens, timed from its first new token to its last (generate's on_token), so that the prompt's
+forward is not counted in the per-token rate (transformers' side is timed the same way, with its
+streamer: peer.py).
 """
 
 from __future__ import annotations
@@ -105,17 +106,20 @@ def decode(spec: ModelSpec, prompt: int, gen: int, repetitions: int, impl: str, 
     ids = prompt_ids(spec, prompt)
     out = []
 
-    def difference():
-        t = time.perf_counter()
-        model.generate(ids, 1, temperature=0)
-        once = time.perf_counter() - t
-        t = time.perf_counter()
-        out.append(model.generate(ids, 1 + gen, temperature=0))
-        return time.perf_counter() - t - once
-    first = difference()
-    seconds = [difference() for _ in range(repetitions)]
+    def steps():
+        """generate 1 + gen tokens; the seconds from the first new token to the last."""
+        stamps = []
+        out.append(model.generate(ids, 1 + gen, temperature=0, on_token=lambda _: stamps.append(time.perf_counter())))
+        return stamps[-1] - stamps[0]
+    first = steps()
+    seconds = [steps() for _ in range(repetitions)]
+    return _decode_result(spec, prompt, gen, impl, threads, first, seconds, model.num_parameters(),
+                          out[-1][prompt:].tolist())
+
+
+def _decode_result(spec, prompt, gen, impl, threads, first, seconds, params, tokens) -> Result:
     # the mean context of the gen decoded tokens: prompt + 1 .. prompt + gen
     flops, nbytes = roofline.decode(spec.config, prompt + (gen + 1) / 2)
     return Result(spec.name, impl, threads, "decode", f"tg{gen}", unit_tokens=gen, seconds=seconds,
-                  first_s=first, flops=flops * gen, nbytes=nbytes * gen, params=model.num_parameters(),
-                  extra={"tokens": out[-1][prompt:].tolist()})   # all 1 + gen new tokens
+                  first_s=first, flops=flops * gen, nbytes=nbytes * gen, params=params,
+                  extra={"tokens": tokens})          # all 1 + gen new tokens, to compare the sides

@@ -147,7 +147,8 @@ class GPT(Module):
 
     def generate(self, prompt_ids, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = 0,
-                 use_cache: bool = True, window: bool = True, stop_token: int | None = None):
+                 use_cache: bool = True, window: bool = True, stop_token: int | None = None,
+                 on_token=None):
         """Continue each prompt by sampling one token at a time.
 
         prompt_ids: int (T,) or (B, T). Returns the prompts with the new tokens appended,
@@ -163,7 +164,9 @@ class GPT(Module):
         be scored for nothing. window: beyond block_size keep only the last
         block_size tokens (the cache is rebuilt for the window, since positions shift); with
         window=False a prompt longer than block_size is an error and generation stops at
-        block_size. stop_token: stop when every sequence has produced it.
+        block_size. stop_token: stop when every sequence has produced it. on_token: called with
+        each step's new tokens (B,) as soon as they are chosen (to stream them, or to time the
+        prompt's forward apart from the steps after it, as npgpt bench does).
         """
         cfg = self.config
         ids = np.asarray(prompt_ids)
@@ -192,6 +195,8 @@ class GPT(Module):
                 logits = self.lm_head.forward(h[:, -1:])[:, -1]              # the last position only
                 nxt = sample_next(logits, temperature, top_k, top_p, rng)
                 ids = np.concatenate([ids, nxt[:, None]], axis=1)
+                if on_token is not None:
+                    on_token(nxt)
                 if stop_token is not None:
                     done |= nxt == stop_token
                     if done.all():
