@@ -4,15 +4,18 @@ Generating a token reads every weight of the model once and does two FLOPs per w
 bound by how fast memory delivers the weights, not by arithmetic (npgpt/bench/roofline.py). Two
 things stood between npgpt's decoding and that bound, and this file removes them:
 
-    row_times_matrix   y = x @ W for ONE row x (every Linear and the tied head while decoding).
-                       np.matmul sends a (1, K) @ (K, N) product to BLAS's general gemm, which
-                       copies ("packs") W into its own blocked layout before multiplying: every
-                       weight is then read, written and read again, for a single use. Here W is
-                       streamed once, in its own layout: for W (K, N) row-major (a Linear's
-                       weight), each task owns a band of columns of y and adds x[k] * W[k, band]
-                       for k = 0..K-1, four rows of W at a time (y's band stays in L1); for
-                       W = E^T with E (N, K) row-major (the tied head, x @ E^T), each task owns
-                       rows of E, one dot product each.
+    row_times_matrix   y = x @ W for ONE row x (every Linear while decoding). np.matmul hands a
+                       (1, K) @ (K, N) product to BLAS, whose kernels are built for many rows
+                       (gemm blocks and packs its operands for reuse; with one row there is
+                       none): it read GPT-2's weights at about two thirds of the rate of this
+                       loop (docs/speed.md). Here W
+                       (K, N), row-major as a Linear stores it, is streamed once: the sum over k
+                       of x[k] * W[k, :] is split into blocks of ROWS_PER_TASK consecutive rows,
+                       each task reads its rows front to back (one contiguous stretch of
+                       memory, which the hardware prefetches well) into a partial sum, four rows
+                       per pass over it; the partial sums are added in order, so the result does
+                       not depend on the number of threads. (The tied head's x @ E^T reads E
+                       row by row already: BLAS's gemv does that one, as fast as this.)
     attention_decode   one new query per head against the first `length` keys and values of a
                        preallocated cache, read where they lie: the general kernel would first
                        copy them into contiguous arrays (kernels/cpu/attention.py), which is
@@ -34,56 +37,55 @@ from .gemm import _dot
 from .intrinsics import _FM, _exp_nonpos
 from .tasks import PARALLEL_FROM
 
-COLUMN_BAND = 16 * 64        # columns per task of row_times_matrix (a multiple of the SIMD width)
+ROWS_PER_TASK = 64           # rows of W per task of row_times_matrix (and per partial sum)
 
 
 @njit(fastmath=_FM, cache=True)
-def _axpy_rows(x, w, y, lo, hi):
-    """y[lo:hi] = sum_k x[k] * w[k, lo:hi], four rows of w per pass over y's band."""
-    K = w.shape[0]
-    yb = y[lo:hi]
-    yb[:] = 0
-    K4 = K - K % 4
-    # for each group of 4 rows k .. k+3: yb += x_k w_k + ... + x_k+3 w_k+3   (sliced rows: see _abt)
-    for k in range(0, K4, 4):
-        w0, w1, w2, w3 = w[k, lo:hi], w[k + 1, lo:hi], w[k + 2, lo:hi], w[k + 3, lo:hi]
+def _axpy_rows(x, w, y, k0, k1):
+    """y = sum_{k0 <= k < k1} x[k] * w[k, :], four rows of w per pass over y."""
+    N = w.shape[1]
+    y[:] = 0
+    k = k0
+    # for each group of 4 rows k .. k+3: y += x_k w_k + ... + x_k+3 w_k+3
+    while k + 4 <= k1:
+        w0, w1, w2, w3 = w[k], w[k + 1], w[k + 2], w[k + 3]
         x0, x1, x2, x3 = x[k], x[k + 1], x[k + 2], x[k + 3]
-        for j in range(hi - lo):
-            yb[j] += x0 * w0[j] + x1 * w1[j] + x2 * w2[j] + x3 * w3[j]
-    for k in range(K4, K):
-        wk, xk = w[k, lo:hi], x[k]
-        for j in range(hi - lo):
-            yb[j] += xk * wk[j]
+        for j in range(N):
+            y[j] += x0 * w0[j] + x1 * w1[j] + x2 * w2[j] + x3 * w3[j]
+        k += 4
+    while k < k1:
+        wk, xk = w[k], x[k]
+        for j in range(N):
+            y[j] += xk * wk[j]
+        k += 1
 
 
 @njit(parallel=True, cache=True)
-def _row_times_rows(x, w, y, band):
-    """y = x @ w, w (K, N) C-contiguous: one task per band of columns."""
-    N = w.shape[1]
-    # for each band of columns, in parallel
-    for t in prange((N + band - 1) // band):
-        _axpy_rows(x, w, y, t * band, min(N, t * band + band))
-
-
-@njit(parallel=True, fastmath=_FM, cache=True)
-def _rows_times_row(e, x, y):
-    """y = e @ x, e (N, K) C-contiguous: one dot product per row of e, the rows split among threads."""
-    # for each row of e, in parallel
-    for n in prange(e.shape[0]):
-        y[n] = _dot(e[n], x)
+def _row_times_rows(x, w, parts, y):
+    """y = x @ w, w (K, N) C-contiguous: task t sums rows t*R .. t*R+R-1 into parts[t]; then
+    y = parts[0] + parts[1] + ..., in order."""
+    K, N = w.shape
+    n_tasks = parts.shape[0]
+    # for each block of ROWS_PER_TASK rows, in parallel: its partial sum
+    for t in prange(n_tasks):
+        _axpy_rows(x, w, parts[t], t * ROWS_PER_TASK, min(K, t * ROWS_PER_TASK + ROWS_PER_TASK))
+    # y = the partial sums, added in task order
+    for j in range(N):
+        s = parts[0, j]
+        for t in range(1, n_tasks):
+            s += parts[t, j]
+        y[j] = s
 
 
 def row_times_matrix(x: np.ndarray, w: np.ndarray) -> np.ndarray | None:
-    """x @ w for x (1, K) and a 2-D w laid out (K, N) row-major or (N, K) row-major transposed
-    (w = E.T); None when w is neither (the caller then uses BLAS). Returns (1, N)."""
-    out = np.empty((1, w.shape[1]), dtype=x.dtype)
-    row = np.ascontiguousarray(x[0])
-    if w.flags.c_contiguous:
-        _row_times_rows(row, w, out[0], COLUMN_BAND)
-    elif w.flags.f_contiguous:
-        _rows_times_row(w.T, row, out[0])
-    else:
+    """x @ w for x (1, K) and w (K, N) C-contiguous (a Linear's weight): returns (1, N). None
+    for any other layout of w (the tied head's E^T is one: BLAS's gemv streams it as it is)."""
+    if not w.flags.c_contiguous:
         return None
+    K, N = w.shape
+    out = np.empty((1, N), dtype=x.dtype)
+    parts = np.empty(((K + ROWS_PER_TASK - 1) // ROWS_PER_TASK, N), dtype=x.dtype)
+    _row_times_rows(np.ascontiguousarray(x[0]), w, parts, out[0])
     return out
 
 
