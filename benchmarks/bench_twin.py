@@ -14,8 +14,9 @@ Variants of one training step (bench_step.py's: forward, backward, clip 1.0, Ada
                     bench_shakespeare.py handed its torch worker (the driver had imported npgpt's
                     Numba kernels, which set it in os.environ for Numba's threads)
     head-transposed the old twin's head, ln_f(x) @ wte.weight.T, instead of F.linear
-Writes results/twin.md and twin.json: the median step time per variant and its ratio to the
-twin's in the same round.
+Writes results/twin.md and twin.json: the median step time per variant, its ratio to the
+twin's in the same round, and the CPU time per step (all threads, spinning included; with
+--threads 1 it is the work itself, and holds up on a busy machine where wall times do not).
 """
 
 from __future__ import annotations
@@ -62,12 +63,14 @@ def worker(variant: str, model: str, steps: int, threads: int) -> dict:
     x, y = (torch.from_numpy(rng.integers(0, m["vocab_size"], (m["B"], m["T"]))) for _ in range(2))
     for _ in range(3):
         step(x, y)
-    times = []
+    times, cpu = [], []
     for _ in range(steps):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         step(x, y)
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     return {"variant": variant, "model": model, "median_s": statistics.median(times),
+            "cpu_s": statistics.median(cpu),
             "load": os.getloadavg()[0], "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
@@ -122,16 +125,18 @@ def main(argv=None) -> int:
         for variant in variants:
             rs = [r for r in runs if r["model"] == model and r["variant"] == variant]
             rows.append({"model": model, "variant": variant, "step ms": statistics.median(r["median_s"] for r in rs) * 1e3,
-                         "/ twin": statistics.median(r["median_s"] / base[r["round"]] for r in rs) if base else None})
-    table = common.markdown_table(["model", "variant", "step ms", "/ twin"], rows,
-                                  {"step ms": "{:.1f}", "/ twin": "{:.2f}"})
+                         "/ twin": statistics.median(r["median_s"] / base[r["round"]] for r in rs) if base else None,
+                         "cpu ms": statistics.median(r["cpu_s"] for r in rs) * 1e3})
+    table = common.markdown_table(["model", "variant", "step ms", "/ twin", "cpu ms"], rows,
+                                  {"step ms": "{:.1f}", "/ twin": "{:.2f}", "cpu ms": "{:.1f}"})
     print("\n" + table)
     if not args.no_write:
         command = "python benchmarks/bench_twin.py " + " ".join(argv if argv is not None else sys.argv[1:])
         loads = [r["load"] for r in runs]
         notes = (f"Command: `{command.strip()}`\n\nMedian step time per process ({args.steps} steps after 3 "
                  f"untimed), median over {args.rounds} rounds; '/ twin': the median over rounds of the ratio "
-                 f"to the fair twin in the same round. Load average {load:.2f} at the start, "
+                 f"to the fair twin in the same round; 'cpu ms': CPU time per step, all {args.threads} "
+                 f"thread(s). Load average {load:.2f} at the start, "
                  f"{min(loads):.2f}–{max(loads):.2f} during. See the script's docstring for the variants.")
         common.write_results("twin", "The PyTorch twin: what made the old one slow", {"command": command.strip()},
                              table, runs, notes)
