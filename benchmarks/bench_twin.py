@@ -102,7 +102,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="rounds, the variants in turn (default: 3)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per process (default: 20)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: every core)")
-    p.add_argument("--no-write", action="store_true", help="print, but do not write results/twin.*")
+    p.add_argument("--name", default="twin", help="results/NAME.md and NAME.json (default: twin)")
+    p.add_argument("--no-write", action="store_true", help="print, but do not write results/")
     p.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
                  f"to the fair twin in the same round; 'cpu ms': CPU time per step, all {args.threads} "
                  f"thread(s). Load average {load:.2f} at the start, "
                  f"{min(loads):.2f}–{max(loads):.2f} during. See the script's docstring for the variants.")
-        common.write_results("twin", "The PyTorch twin: what made the old one slow", {"command": command.strip()},
+        common.write_results(args.name, "The PyTorch twin: what made the old one slow", {"command": command.strip()},
                              table, runs, notes)
     return 0
 

@@ -17,7 +17,7 @@ steps about a quarter slower than the same loop started from a shell.
 The PyTorch twin itself is npgpt/bench/twin.py (nanoGPT's model and loop; see docs/speed.md).
 
 NPGPT_BENCH_RESULTS=DIR writes the tables and plots to DIR instead of benchmarks/results/
-(`npgpt bench` uses it, so that a quick run does not overwrite the measured results).
+(the tests use it, so that a quick run does not overwrite the measured results).
 """
 
 from __future__ import annotations
