@@ -5,8 +5,10 @@
                    "python": ..., "os": ..., "load_average": [1.2, 0.9, 0.8]}
 
 The CPU model comes from /proc/cpuinfo (Linux) or platform; the SIMD width from the CPU's flags
-(AVX-512, AVX2, NEON); numpy's BLAS and its thread count from threadpoolctl when it is installed
-(an optional dependency, the `bench` extra), else from numpy's build configuration.
+(AVX-512, AVX2, NEON); the data caches from sysfs (a model whose weights fit in the last level
+decodes from cache, faster than from memory); numpy's BLAS and its thread count from
+threadpoolctl when it is installed (an optional dependency, the `bench` extra), else from numpy's
+build configuration.
 """
 
 from __future__ import annotations
@@ -48,6 +50,19 @@ def simd_width(info: dict) -> str:
     return next((name for flag, name in SIMD if flag in flags), "unknown")
 
 
+def caches() -> str:
+    """The data caches of the first CPU, from sysfs (Linux): "L1d 48K, L2 2048K, L3 516096K"."""
+    found = []
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind, size = ((index / f).read_text().strip() for f in ("level", "type", "size"))
+        except OSError:
+            continue
+        if kind != "Instruction":
+            found.append(f"L{level}{'d' if kind == 'Data' else ''} {size}")
+    return ", ".join(found) or "unknown"
+
+
 def blas(threads: bool = True) -> str:
     """numpy's BLAS: library, version, the kernel it chose for this CPU and (threads=True) the
     size of its thread pool in this process."""
@@ -73,7 +88,7 @@ def describe() -> dict:
     """What the numbers depend on (see the module docstring)."""
     info = cpuinfo()
     return {"cpu": cpu_model(info), "cores": os.cpu_count(), "simd": simd_width(info),
-            "blas": blas(threads=False), "numpy": np.__version__, "numba": importlib.metadata.version("numba"),
+            "caches": caches(), "blas": blas(threads=False), "numpy": np.__version__, "numba": importlib.metadata.version("numba"),
             "python": platform.python_version(), "os": f"{platform.system()} {platform.release()}",
             "load_average": load_average()}
 

@@ -95,7 +95,8 @@ class Report:
     def markdown(self) -> str:
         m = self.machine
         loads = " → ".join(str(m.get(k)) for k in ("load_average", "load_average_after") if m.get(k))
-        head = (f"CPU: {m.get('cpu')}, {m.get('cores')} cores, {m.get('simd')}; BLAS: {m.get('blas')}; "
+        head = (f"CPU: {m.get('cpu')}, {m.get('cores')} cores, {m.get('simd')}; caches {m.get('caches')}; "
+                f"BLAS: {m.get('blas')}; "
                 f"numpy {m.get('numpy')}, numba {m.get('numba')}; load average {loads}\n`{self.command}`")
         rows = self.rows()
         lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---:" if c in NUMERIC else "---"
