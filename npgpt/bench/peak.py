@@ -4,7 +4,8 @@
                               n x n x n (2 n^3 flops each): the compute roof
     triad_gbs(n)              STREAM's triad a = b + s * c over three float32 arrays of n
                               elements, in Numba, on every thread: the memory roof
-    read_gbs(n)               a parallel sum over one array of n float32: reading alone
+    read_gbs(n)               a parallel sum over one array of n float32: reading alone (npgpt
+                              bench reads 3 n, the bytes of the triad's three arrays)
 
 Bytes are counted as STREAM counts them: the triad moves 12 bytes per element (read b and c,
 write a). The hardware moves 16 where a store first reads its cache line (write-allocate), so the

@@ -107,7 +107,7 @@ class Report:
     def csv(self) -> str:
         """One line per result: the table's columns, the raw numbers, and the machine."""
         out = io.StringIO()
-        keys = COLUMNS + ["mean t/s", "std t/s", "first s", "cpu", "cores", "simd", "blas", "load average"]
+        keys = COLUMNS + ["mean t/s", "std t/s", "cpu", "cores", "simd", "blas", "load average"]
         writer = csv.DictWriter(out, fieldnames=keys, lineterminator="\n")
         writer.writeheader()
         for r, row in zip(self.results, self.rows()):
@@ -129,8 +129,8 @@ class Report:
 
 
 COLUMNS = ["model", "params", "impl", "threads", "test", "t/s", "ms", "GFLOP/s", "GB/s", "bound",
-           "% of roof"]
-NUMERIC = {"params", "threads", "t/s", "ms", "GFLOP/s", "GB/s", "% of roof"}
+           "% of roof", "first s"]
+NUMERIC = {"params", "threads", "t/s", "ms", "GFLOP/s", "GB/s", "% of roof", "first s"}
 
 
 def _row(r: Result, roofs: Roofs | None) -> dict:
@@ -144,7 +144,8 @@ def _row(r: Result, roofs: Roofs | None) -> dict:
             "ms": "–" if r.mean_s() is None else _fmt(1e3 * r.mean_s() / _per(r)),
             "GFLOP/s": "–" if gflops is None else f"{gflops:.1f}",
             "GB/s": "–" if gbs is None else f"{gbs:.1f}",
-            "bound": bound or "–", "% of roof": "–" if fraction is None else f"{100 * fraction:.0f}%"}
+            "bound": bound or "–", "% of roof": "–" if fraction is None else f"{100 * fraction:.0f}%",
+            "first s": "–" if r.first_s is None else f"{r.first_s:.2f}"}
 
 
 def _per(r: Result) -> int:

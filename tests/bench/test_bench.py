@@ -70,7 +70,7 @@ def test_a_report_round_trips_through_json_and_prints_md_and_csv():
     report = _report()
     assert Report.from_json(report.to_json()) == report
     md = report.markdown()
-    assert "| baby | 810 k | npgpt-numba | 2 | train 12x64 | 14080 ± 1810 | 55 | 90.9 | 0.7 | compute | 45% |" in md
+    assert "| baby | 810 k | npgpt-numba | 2 | train 12x64 | 14080 ± 1810 | 55 | 90.9 | 0.7 | compute | 45% | 0.30 |" in md
     assert "npgpt bench --threads 2" in md
     rows = list(csv.DictReader(io.StringIO(report.csv())))
     assert rows[0]["test"] == "train 12x64" and float(rows[0]["mean t/s"]) == pytest.approx(14080)
@@ -98,7 +98,7 @@ def test_bench_runs_each_test_type_and_its_json_round_trips(capfd, tmp_path):
 def test_bench_prints_md_and_csv(capfd):
     assert main(["bench", "--test", "peak"] + TINY) == 0
     out = capfd.readouterr().out
-    assert "| - | – | npgpt-numba | 1 | triad |" in out
+    assert "| - | – | npgpt-numba | 1 | triad | – | – | – |" in out
     assert main(["bench", "--test", "peak", "--output", "csv"] + TINY) == 0
     rows = list(csv.DictReader(io.StringIO(capfd.readouterr().out)))
     assert [r["test"] for r in rows] == ["sgemm", "triad", "read"] and rows[0]["cpu"]
