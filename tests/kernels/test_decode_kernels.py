@@ -14,14 +14,16 @@ TOL = {"float32": 2e-6, "float64": 1e-13}
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("K, N", [(1, 1), (7, 5), (64, 2048 + 3), (130, 333), (3 * 64, 40)])
+@pytest.mark.parametrize("K, N", [(1, 1), (7, 5), (64, 2048 + 3), (130, 333), (3 * 64, 40), (9, 4 * 256 + 7)])
 def test_row_times_matrix_equals_matmul_in_both_layouts(dtype, K, N):
     rng = np.random.default_rng(K * N)
     x = rng.standard_normal((1, K)).astype(dtype)
     w = rng.standard_normal((K, N)).astype(dtype)
     assert_close("x @ W", decode.row_times_matrix(x, w), x @ w, TOL[dtype])
-    if N > 1 and K > 1:                    # any other layout (the tied head's E^T): BLAS's turn
-        assert decode.row_times_matrix(x, np.asfortranarray(w)) is None
+    e = np.ascontiguousarray(w.T)                               # the tied head: x @ E^T
+    assert_close("x @ E^T", decode.row_times_matrix(x, e.T), x @ w, TOL[dtype])
+    if N > 2:                                                   # neither layout: BLAS's turn
+        assert decode.row_times_matrix(x, w[:, ::2]) is None
 
 
 def test_matmul_of_one_row_is_the_reference_s():

@@ -4,7 +4,8 @@ Generating a token reads every weight of the model once and does two FLOPs per w
 bound by how fast memory delivers the weights, not by arithmetic (npgpt/bench/roofline.py). Two
 things stood between npgpt's decoding and that bound, and this file removes them:
 
-    row_times_matrix   y = x @ W for ONE row x (every Linear while decoding). np.matmul hands a
+    row_times_matrix   y = x @ W for ONE row x (every Linear and the head while decoding).
+                       np.matmul hands a
                        (1, K) @ (K, N) product to BLAS, whose kernels are built for many rows
                        (gemm blocks and packs its operands for reuse; with one row there is
                        none): it read GPT-2's weights at about two thirds of the rate of this
@@ -14,8 +15,11 @@ things stood between npgpt's decoding and that bound, and this file removes them
                        each task reads its rows front to back (one contiguous stretch of
                        memory, which the hardware prefetches well) into a partial sum, four rows
                        per pass over it; the partial sums are added in order, so the result does
-                       not depend on the number of threads. (The tied head's x @ E^T reads E
-                       row by row already: BLAS's gemv does that one, as fast as this.)
+                       not depend on the number of threads. The tied head, x @ E^T with E (V, C)
+                       row-major, is one dot product per row of E, four rows per pass over x.
+                       Both run on Numba's threads: with BLAS's gemv for the head (as fast, alone),
+                       its worker threads would still be spinning when the next token's Numba
+                       kernels start, two thread pools taking turns at the same cores.
     attention_decode   one new query per head against the first `length` keys and values of a
                        preallocated cache, read where they lie: the general kernel would first
                        copy them into contiguous arrays (kernels/cpu/attention.py), which is
@@ -77,15 +81,50 @@ def _row_times_rows(x, w, parts, y):
         y[j] = s
 
 
+@njit(fastmath=_FM, cache=True)
+def _dot4(a0, a1, a2, a3, x):
+    """Four dot products with one x: each x[p] is loaded once for four rows."""
+    z = a0.dtype.type(0)
+    s0 = s1 = s2 = s3 = z
+    for p in range(x.shape[0]):
+        xp = x[p]
+        s0 += a0[p] * xp
+        s1 += a1[p] * xp
+        s2 += a2[p] * xp
+        s3 += a3[p] * xp
+    return s0, s1, s2, s3
+
+
+@njit(parallel=True, cache=True)
+def _rows_dot_row(e, x, y):
+    """y = e @ x, e (N, K) C-contiguous: one dot product per row, ROWS_PER_TASK * 4 rows a task."""
+    N = e.shape[0]
+    rows = 4 * ROWS_PER_TASK
+    # for each block of rows, in parallel: four rows at a time
+    for t in prange((N + rows - 1) // rows):
+        n, end = t * rows, min(N, t * rows + rows)
+        while n + 4 <= end:
+            y[n], y[n + 1], y[n + 2], y[n + 3] = _dot4(e[n], e[n + 1], e[n + 2], e[n + 3], x)
+            n += 4
+        while n < end:
+            y[n] = _dot(e[n], x)
+            n += 1
+
+
 def row_times_matrix(x: np.ndarray, w: np.ndarray) -> np.ndarray | None:
-    """x @ w for x (1, K) and w (K, N) C-contiguous (a Linear's weight): returns (1, N). None
-    for any other layout of w (the tied head's E^T is one: BLAS's gemv streams it as it is)."""
-    if not w.flags.c_contiguous:
-        return None
+    """x @ w for x (1, K) and w (K, N) in either layout: row-major (a Linear's weight: partial
+    sums over blocks of rows) or the transpose of a row-major (N, K) (the tied head's E^T: one dot
+    product per row of E). Returns (1, N); None for any other layout (the caller uses BLAS)."""
     K, N = w.shape
     out = np.empty((1, N), dtype=x.dtype)
-    parts = np.empty(((K + ROWS_PER_TASK - 1) // ROWS_PER_TASK, N), dtype=x.dtype)
-    _row_times_rows(np.ascontiguousarray(x[0]), w, parts, out[0])
+    row = np.ascontiguousarray(x[0])
+    if w.flags.c_contiguous:
+        parts = np.empty(((K + ROWS_PER_TASK - 1) // ROWS_PER_TASK, N), dtype=x.dtype)
+        _row_times_rows(row, w, parts, out[0])
+    elif w.flags.f_contiguous:
+        _rows_dot_row(w.T, row, out[0])
+    else:
+        return None
     return out
 
 

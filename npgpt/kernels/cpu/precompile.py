@@ -64,9 +64,10 @@ def _attention(a):
 
 
 def _decode(a):
-    """The decoding kernels: a row times a matrix, attention over a cache on the calling thread
-    and in parallel."""
+    """The decoding kernels: a row times a matrix in both layouts, attention over a cache on the
+    calling thread and in parallel."""
     decode.row_times_matrix(a[:1], a.T.copy())
+    decode.row_times_matrix(a[:1], a.T)
     q = np.ascontiguousarray(a[:2, :6].reshape(1, 2, 1, 6))       # (B, H, 1, D)
     k = np.ascontiguousarray(a[:, :6].reshape(1, 1, 9, 6).repeat(2, axis=1))
     decode._attend_heads(q, k, k, 5, 0.5, np.empty_like(q))
