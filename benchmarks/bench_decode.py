@@ -124,7 +124,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="rounds, npgpt then transformers (default: 5)")
     p.add_argument("--repetitions", type=int, default=3, help="timed calls per round (default: 3)")
     p.add_argument("--profile", action="store_true", help="only profile npgpt's decoding, in this process")
-    p.add_argument("--no-write", action="store_true", help="print, but do not write results/decode.*")
+    p.add_argument("--name", default="decode", help="results/NAME.md and NAME.json (default: decode)")
+    p.add_argument("--no-write", action="store_true", help="print, but do not write results/")
     args = p.parse_args(argv)
     if args.profile:
         print(profile(args))
@@ -144,11 +145,11 @@ def main(argv=None) -> int:
     print(text)
     if not args.no_write:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "decode.md").write_text(text)
-        (RESULTS / "decode.json").write_text(json.dumps({
+        (RESULTS / f"{args.name}.md").write_text(text)
+        (RESULTS / f"{args.name}.json").write_text(json.dumps({
             "command": command.strip(), "rows": rows, "same_tokens": same_tokens(rounds), "load": loads,
             "rounds": [[{"result": r.__dict__, "roofs": roofs} for r, roofs in rnd] for rnd in rounds]}, indent=1))
-        print(f"wrote {RESULTS / 'decode.md'} and decode.json", file=sys.stderr)
+        print(f"wrote {RESULTS / args.name}.md and .json", file=sys.stderr)
     return 0
 
 
