@@ -41,8 +41,8 @@ def _cache(rng, B, H, capacity, D, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("B, H, length, D, Tq", [(1, 1, 1, 4, 1), (2, 3, 17, 8, 1), (1, 12, 200, 64, 1),
-                                                 (4, 8, 600, 64, 1),        # past PARALLEL_FROM: in parallel
+@pytest.mark.parametrize("B, H, length, D, Tq", [(1, 1, 1, 4, 1), (2, 3, 17, 8, 1), (1, 12, 200, 64, 1), (1, 2, 5, 8, 1),
+                                                 (4, 8, 600, 64, 1),        # past ATTEND_PARALLEL_FROM: in parallel
                                                  (2, 2, 9, 8, 4)])          # a prompt: the general kernel
 def test_attention_decode_equals_the_reference(dtype, B, H, length, D, Tq):
     rng = np.random.default_rng(length)

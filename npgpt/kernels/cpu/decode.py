@@ -39,9 +39,13 @@ from .. import reference
 from .attention import attention_forward
 from .gemm import _dot
 from .intrinsics import _FM, _exp_nonpos
-from .tasks import PARALLEL_FROM
 
-ROWS_PER_TASK = 64           # rows of W per task of row_times_matrix (and per partial sum)
+# rows of W per task of row_times_matrix (and per partial sum): on 2 threads, GPT-2's weights
+# streamed at 27.9 GB/s with 64 rows a task, 29.2 with 128 (fewer, longer runs of memory)
+ROWS_PER_TASK = 128
+# cached numbers (B H length D) from which attention_decode shares the heads among the threads:
+# GPT-2 at ~100 positions (74 K) took 0.82 ms a token so, 0.93 on the calling thread
+ATTEND_PARALLEL_FROM = 1 << 14
 
 
 @njit(fastmath=_FM, cache=True)
@@ -177,7 +181,7 @@ def attention_decode(q, k_cache, v_cache, length: int):
     """reference.attention_decode: new queries against a KV cache's first `length` positions.
 
     One query per head (the decoding step) reads the buffers in place, on the calling thread
-    below PARALLEL_FROM cached numbers (every GPT-2 decode), else one (batch, head) per task. More
+    below ATTEND_PARALLEL_FROM cached numbers, else one (batch, head) per task. More
     queries (a prompt, once) go to the general kernel, which copies the filled part.
     """
     reference.check_attention_decode_args(q, k_cache, v_cache, length)
@@ -186,6 +190,6 @@ def attention_decode(q, k_cache, v_cache, length: int):
         out, _ = attention_forward(q, k_cache[:, :, :length], v_cache[:, :, :length], causal=True)
         return out
     out = np.empty_like(q)
-    attend = _attend_heads_parallel if B * H * length * D >= PARALLEL_FROM else _attend_heads
+    attend = _attend_heads_parallel if B * H * length * D >= ATTEND_PARALLEL_FROM else _attend_heads
     attend(np.ascontiguousarray(q), k_cache, v_cache, length, 1.0 / math.sqrt(D), out)
     return out
