@@ -1,5 +1,5 @@
-"""The decoding kernels (kernels/cpu/decode.py) against their NumPy definitions: a row times a
-matrix, and one query's attention over a KV cache's buffers."""
+"""The decoding kernel (kernels/cpu/decode.py) against its NumPy definition: one query's
+attention over a KV cache's buffers, on the calling thread and in parallel."""
 
 from __future__ import annotations
 
@@ -7,31 +7,9 @@ import numpy as np
 import pytest
 
 from npgpt.kernels import cpu, reference
-from npgpt.kernels.cpu import decode
 from tests.helpers import assert_close
 
 TOL = {"float32": 2e-6, "float64": 1e-13}
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("K, N", [(1, 1), (7, 5), (64, 2048 + 3), (130, 333), (3 * 64, 40), (9, 4 * 256 + 7)])
-def test_row_times_matrix_equals_matmul_in_both_layouts(dtype, K, N):
-    rng = np.random.default_rng(K * N)
-    x = rng.standard_normal((1, K)).astype(dtype)
-    w = rng.standard_normal((K, N)).astype(dtype)
-    assert_close("x @ W", decode.row_times_matrix(x, w), x @ w, TOL[dtype])
-    e = np.ascontiguousarray(w.T)                               # the tied head: x @ E^T
-    assert_close("x @ E^T", decode.row_times_matrix(x, e.T), x @ w, TOL[dtype])
-    if N > 2:                                                   # neither layout: BLAS's turn
-        assert decode.row_times_matrix(x, w[:, ::2]) is None
-
-
-def test_matmul_of_one_row_is_the_reference_s():
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((1, 1, 96)).astype(np.float32)
-    b = rng.standard_normal((96, 200)).astype(np.float32)
-    for bb in (b, np.asfortranarray(b), b[:, ::2]):
-        assert_close("matmul", cpu.matmul(a, bb), reference.matmul(a, bb), 2e-6)
 
 
 def _cache(rng, B, H, capacity, D, dtype):
@@ -42,7 +20,7 @@ def _cache(rng, B, H, capacity, D, dtype):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("B, H, length, D, Tq", [(1, 1, 1, 4, 1), (2, 3, 17, 8, 1), (1, 12, 200, 64, 1), (1, 2, 5, 8, 1),
-                                                 (4, 8, 600, 64, 1),        # past ATTEND_PARALLEL_FROM: in parallel
+                                                 (4, 8, 600, 64, 1),        # past PARALLEL_FROM: in parallel
                                                  (2, 2, 9, 8, 4)])          # a prompt: the general kernel
 def test_attention_decode_equals_the_reference(dtype, B, H, length, D, Tq):
     rng = np.random.default_rng(length)

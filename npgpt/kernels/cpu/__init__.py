@@ -12,8 +12,7 @@ file, each saying why it is faster:
     elementwise.py  fused LayerNorm, GELU (tanh), the embedding's scatter-add; erf
     loss.py         fused softmax cross-entropy
     optimizer.py    the AdamW update and the sum of squares over flat buffers
-    decode.py       decoding a token: a row times a matrix without BLAS's packing, attention
-                    of one query over a KV cache read in place
+    decode.py       decoding a token: one query's attention over a KV cache, read in place
     tasks.py        when a kernel runs on the calling thread and when on all of them
     precompile.py   warmup(): compile every kernel ahead, and say how long each took
 

@@ -1,9 +1,7 @@
 """matmul and matmul_add on numpy's own OpenBLAS; matmul_add through its CBLAS interface.
 
 matmul is the reference's: np.matmul (BLAS's hand-written kernels beat the study `gemm` on every
-shape measured), with stacked rows (B, T, K) @ (K, N) flattened into one product; a single row
-(decoding a token) goes to decode.row_times_matrix instead, which streams the matrix once where
-BLAS's gemm would first copy it.
+shape measured), with stacked rows (B, T, K) @ (K, N) flattened into one product.
 
 matmul_add(c, a, b) is c += a @ b, what a layer's backward does to add a weight's gradient into
 its .grad. np.matmul has no such form: `c += a @ b` makes a temporary of c's size, then walks c
@@ -20,7 +18,6 @@ import ctypes
 import numpy as np
 
 from .. import reference
-from .decode import row_times_matrix
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112      # CBLAS's enum values
 
@@ -29,14 +26,9 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a @ b for (..., M, K) @ (K, N) or batched (..., M, K) @ (..., K, N): the reference's matmul.
 
     With a 2-D b, a's leading axes are flattened into one (M', K) product, as the reference does
-    (np.matmul would make one BLAS call per (M, K) slice, packing all of b each time); when that
-    is a single row, it is decode.row_times_matrix's product (see the module docstring).
+    (np.matmul would make one BLAS call per (M, K) slice, packing all of b each time).
     """
     reference.check_matmul_args(a, b)
-    if b.ndim == 2 and a.size == a.shape[-1] and a.size:
-        out = row_times_matrix(a.reshape(1, -1), b)                  # (..., 1, K) -> (1, K) @ (K, N)
-        if out is not None:
-            return out.reshape(a.shape[:-1] + (b.shape[1],))
     if b.ndim == 2 and a.ndim > 2:
         out = np.matmul(a.reshape(-1, a.shape[-1]), b)              # (..., M, K) -> (M', K) @ (K, N)
         return out.reshape(a.shape[:-1] + (b.shape[1],))           # (M', N) -> (..., M, N)
