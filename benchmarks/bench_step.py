@@ -3,7 +3,7 @@ against PyTorch (eager), same shapes, same thread count, each in its own process
 
     python benchmarks/bench_step.py                        # the three models, 3 rounds
     python benchmarks/bench_step.py --models baby --rounds 1 --steps 5 --no-write
-    npgpt bench --what step                                # the same code, a quick default
+    npgpt bench --model baby,small,gpt2 --test train       # the same step, llama-bench's table
 
 Models (batch B, sequence T; float32; learned positions, tied head, biases, GELU-tanh):
     baby       4 layers, 4 heads, 128 wide, vocab 65,    B=12, T=64   (baby Shakespeare)

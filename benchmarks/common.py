@@ -17,7 +17,7 @@ steps about a quarter slower than the same loop started from a shell.
 The PyTorch twin itself is npgpt/bench/twin.py (nanoGPT's model and loop; see docs/speed.md).
 
 NPGPT_BENCH_RESULTS=DIR writes the tables and plots to DIR instead of benchmarks/results/
-(`npgpt bench` uses it, so that a quick run does not overwrite the measured results).
+(the tests use it, so that a quick run does not overwrite the measured results).
 """
 
 from __future__ import annotations
@@ -83,21 +83,9 @@ def wait_for_quiet(max_load: float = 1.0, timeout: float = 0.0, poll: float = 10
 
 
 def blas_info() -> str:
-    """The BLAS numpy is linked to, with its version (threadpoolctl's view when installed)."""
-    try:
-        from threadpoolctl import threadpool_info
-        libs = [f"{d['internal_api']} {d['version']} ({d['num_threads']} threads)"
-                for d in threadpool_info() if d.get("user_api") == "blas"]
-        if libs:
-            return ", ".join(libs)
-    except ImportError:
-        pass
-    try:
-        config = np.show_config(mode="dicts")
-        blas = config["Build Dependencies"]["blas"]
-        return f"{blas.get('name')} {blas.get('version')}"
-    except Exception as e:           # the layout of show_config changes between numpy versions
-        return f"unknown ({type(e).__name__})"
+    """The BLAS numpy is linked to, with its version and threads (npgpt.bench.machine.blas)."""
+    from npgpt.bench import machine
+    return machine.blas()
 
 
 def environment() -> dict:
@@ -204,13 +192,8 @@ def match_torch_threads() -> None:
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    from npgpt.bench import machine
+    return machine.cpu_model(machine.cpuinfo())
 
 
 def print_environment(env: dict) -> None:

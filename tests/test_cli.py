@@ -1,5 +1,5 @@
 """The command line: `npgpt train` and `npgpt sample` end to end, with tiny settings in a
-temporary folder; the flags of every command; `npgpt bench`."""
+temporary folder; the flags of every command; the scripts of benchmarks/ at tiny sizes."""
 
 import argparse
 import dataclasses
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from npgpt.cli import bench, build_parser, main
+from npgpt.cli import build_parser, main
 from npgpt.cli.flags import config_flags
 from npgpt.data import default_corpus
 from npgpt.runs import FinetuneConfig, PretrainConfig, Seq2SeqConfig
@@ -216,40 +216,37 @@ def test_python_dash_m_npgpt_runs_the_command_line():
     assert run.returncode == 0 and "usage: npgpt train" in run.stdout
 
 
-# -- bench -----------------------------------------------------------------------------------------
+# -- benchmarks/ (npgpt bench itself: tests/bench/test_bench.py) ---------------------------------
 
-def test_bench_times_a_step_with_the_compile_apart(tmp_path, capfd):
-    """`npgpt bench` runs benchmarks/bench_step.py (here the NumPy backend alone, one step) and
-    prints the table, whose columns keep the first step and the compile time apart."""
-    argv = ["bench", "--what", "step", "--out", str(tmp_path), "--", "--impls", "npgpt-numpy",
-            "--steps", "1", "--warmup", "0", "--no-write"]
-    assert main(argv) == 0
-    out = capfd.readouterr().out
-    assert "bench_step.py" in out.splitlines()[0]
-    header = next(line for line in out.splitlines() if line.startswith("| model |"))
+def _script(name, *flags, results=None):
+    env = {**os.environ, **({"NPGPT_BENCH_RESULTS": str(results)} if results else {})}
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *flags], capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+def test_bench_step_times_npgpt_and_the_fair_twin_from_the_same_weights():
+    """benchmarks/bench_step.py, one step each: the table keeps the first step and the compile
+    apart, and the PyTorch twin starts from npgpt's weights (the same first loss)."""
+    run = _script("bench_step.py", "--impls", "npgpt-numpy,torch", "--models", "baby", "--rounds", "1",
+                  "--steps", "1", "--warmup", "0", "--no-write")
+    assert run.returncode == 0, run.stderr[-2000:]
+    header = next(line for line in run.stdout.splitlines() if line.startswith("| model |"))
     assert "first step s" in header and "compile s" in header
-    assert "| baby | npgpt-numpy |" in out
+    losses = {line.split("|")[2].strip(): line.split("|")[13].strip()
+              for line in run.stdout.splitlines() if line.startswith("| baby |")}
+    assert set(losses) == {"npgpt-numpy", "torch"} and losses["npgpt-numpy"] == losses["torch"]
 
 
-def test_bench_outside_a_checkout_says_where_it_looked(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setitem(bench.BENCHES, "step", ("no_such_bench.py", []))
-    assert main(["bench"]) == 2
-    err = capsys.readouterr().err
-    assert "benchmarks/no_such_bench.py not found" in err and str(tmp_path) in err
-
-
-def test_bench_attention_runs_and_plots(tmp_path, capfd):
+def test_bench_attention_runs_and_plots(tmp_path):
     """The attention benchmark end to end at a tiny size: every implementation timed, the table
-    (and the plot, with matplotlib) written where --out says."""
-    argv = ["bench", "--what", "attention", "--out", str(tmp_path), "--", "--T", "16", "--repeats", "1"]
-    assert main(argv) == 0
-    out = capfd.readouterr().out
-    assert "T=   16" in out and "numba fused" in out and "torch" in out
+    (and the plot, with matplotlib) written to NPGPT_BENCH_RESULTS."""
+    run = _script("bench_attention.py", "--T", "16", "--repeats", "1", results=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "T=   16" in run.stdout and "numba fused" in run.stdout and "torch" in run.stdout
     written = {p.name for p in tmp_path.iterdir()}
     assert written >= {"attention.md", "attention.json"}
     # the plot needs matplotlib (the bench extra, not the test extra): written, or said why not
-    assert "attention.png" in written or "matplotlib is not installed: no plot" in out
+    assert "attention.png" in written or "matplotlib is not installed: no plot" in run.stdout
 
 
 def test_cuda_check_passes_under_the_simulator():

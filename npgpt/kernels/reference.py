@@ -18,7 +18,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["matmul", "matmul_add", "attention_forward", "attention_backward", "attention_mask", "erf"]
+__all__ = ["matmul", "matmul_add", "attention_forward", "attention_backward", "attention_decode",
+           "attention_mask", "erf"]
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -220,6 +221,30 @@ def attention_backward(dout, cache: AttentionCache):
     dq = ds @ k                                                      # (B, H, Tq, D)
     dk = ds.transpose(0, 1, 3, 2) @ q                                # (B, H, Tk, D)
     return dq, dk, dv
+
+
+def attention_decode(q, k_cache, v_cache, length: int):
+    """Attention while decoding with a KV cache: the Tq newest of `length` positions attend to
+    all positions up to their own.
+
+        out = attention_forward(q, k_cache[:, :, :length], v_cache[:, :, :length], causal=True)
+
+    q: (B, H, Tq, D), the queries of positions length-Tq .. length-1; k_cache, v_cache:
+    (B, H, capacity, D), whose first `length` positions are filled (nn.attention.KVCache's
+    buffers; the rest is not read). Returns out (B, H, Tq, D) and no cache: inference only.
+    """
+    check_attention_decode_args(q, k_cache, v_cache, length)
+    out, _ = attention_forward(q, k_cache[:, :, :length], v_cache[:, :, :length], causal=True)
+    return out
+
+
+def check_attention_decode_args(q, k_cache, v_cache, length) -> None:
+    check_attention_args(q, k_cache, v_cache)
+    capacity = k_cache.shape[2]
+    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) \
+            or not q.shape[2] <= length <= capacity:
+        raise ValueError(f"attention_decode: length={length!r}: expected an int in [Tq={q.shape[2]}, "
+                         f"the cache's capacity {capacity}]")
 
 
 # ---------------------------------------------------------------------------------------------

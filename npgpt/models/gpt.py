@@ -159,7 +159,7 @@ class GPT(Module):
     def generate(self, prompt_ids, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = 0,
                  use_cache: bool = True, window: bool = True, stop_token: int | None = None,
-                 vocab_limit: int | None = None):
+                 vocab_limit: int | None = None, on_token=None):
         """Continue each prompt by sampling one token at a time.
 
         prompt_ids: int (T,) or (B, T). Returns the prompts with the new tokens appended,
@@ -169,27 +169,23 @@ class GPT(Module):
         seeded by `seed`.
 
         use_cache: keep each block's keys and values so a step costs one position, not T
-        (the logits equal full recomputation). window: beyond block_size keep only the last
+        (the logits equal full recomputation); the caches have room for block_size positions
+        from the start. Only the last position's logits are computed: the head is a (C, V)
+        product per position (GPT-2: 154 MB of weights), and a prompt's other positions would
+        be scored for nothing. window: beyond block_size keep only the last
         block_size tokens (the cache is rebuilt for the window, since positions shift); with
         window=False a prompt longer than block_size is an error and generation stops at
         block_size. stop_token: stop when every sequence has produced it. vocab_limit: draw only
         ids below it (a tokenizer with fewer tokens than the model's vocabulary: the ids beyond
-        it have no text); the softmax then runs over those ids alone.
+        it have no text); the softmax then runs over those ids alone. on_token: called with
+        each step's new tokens (B,) as soon as they are chosen (to stream them, or to time the
+        prompt's forward apart from the steps after it, as npgpt bench does).
         """
         cfg = self.config
-        ids = np.asarray(prompt_ids)
-        single = ids.ndim == 1
-        ids = check_ids("prompt_ids", ids[None] if single else ids, cfg.vocab_size, ndim=2)
-        if ids.shape[1] == 0:
-            raise ValueError("prompt_ids is empty: expected at least one token to condition on")
-        if not window and ids.shape[1] > cfg.block_size:
-            raise ValueError(f"prompt_ids has {ids.shape[1]} tokens: expected at most block_size="
-                             f"{cfg.block_size} (or pass window=True to keep the last block_size)")
+        single = np.ndim(prompt_ids) == 1
+        ids = _check_prompt(prompt_ids, window, cfg)
         _check_sampling(max_new_tokens, temperature, top_k, top_p, cfg.vocab_size)
-        limit = cfg.vocab_size if vocab_limit is None else vocab_limit
-        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or not 1 <= limit <= cfg.vocab_size:
-            raise ValueError(f"vocab_limit={vocab_limit!r}, expected None or an integer in [1, "
-                             f"{cfg.vocab_size}] (the model's vocab_size)")
+        limit = _vocab_limit(vocab_limit, cfg.vocab_size)
         rng = np.random.default_rng(seed)
         was_training = self.training
         self.eval()
@@ -200,12 +196,15 @@ class GPT(Module):
                     break
                 context = ids[:, -cfg.block_size:]
                 if use_cache and ids.shape[1] <= cfg.block_size and caches is not None:
-                    logits, _ = self.forward(ids[:, -1:], kv_caches=caches)    # one new position
+                    h = self.forward_hidden(ids[:, -1:], kv_caches=caches)    # one new position
                 else:
-                    caches = [KVCache() for _ in self.h] if use_cache else None
-                    logits, _ = self.forward(context, kv_caches=caches)        # (re)fill the window
-                nxt = sample_next(logits[:, -1, :limit], temperature, top_k, top_p, rng)
+                    caches = [KVCache(cfg.block_size) for _ in self.h] if use_cache else None
+                    h = self.forward_hidden(context, kv_caches=caches)        # (re)fill the window
+                logits = self.lm_head.forward(h[:, -1:])[:, -1]              # the last position only
+                nxt = sample_next(logits[:, :limit], temperature, top_k, top_p, rng)
                 ids = np.concatenate([ids, nxt[:, None]], axis=1)
+                if on_token is not None:
+                    on_token(nxt)
                 if stop_token is not None:
                     done |= nxt == stop_token
                     if done.all():
@@ -229,6 +228,18 @@ class GPT(Module):
         return f"{self.num_parameters():,} parameters"
 
 
+def _check_prompt(prompt_ids, window: bool, cfg: GPTConfig) -> np.ndarray:
+    """prompt_ids as a (B, T) int array, checked against the vocabulary and block_size."""
+    ids = np.asarray(prompt_ids)
+    ids = check_ids("prompt_ids", ids[None] if ids.ndim == 1 else ids, cfg.vocab_size, ndim=2)
+    if ids.shape[1] == 0:
+        raise ValueError("prompt_ids is empty: expected at least one token to condition on")
+    if not window and ids.shape[1] > cfg.block_size:
+        raise ValueError(f"prompt_ids has {ids.shape[1]} tokens: expected at most block_size="
+                         f"{cfg.block_size} (or pass window=True to keep the last block_size)")
+    return ids
+
+
 def _check_sampling(max_new_tokens, temperature, top_k, top_p, vocab_size):
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens!r}, expected a non-negative integer")
@@ -238,6 +249,14 @@ def _check_sampling(max_new_tokens, temperature, top_k, top_p, vocab_size):
         raise ValueError(f"top_k={top_k!r}, expected None or an integer >= 1 (vocab_size is {vocab_size})")
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
         raise ValueError(f"top_p={top_p!r}, expected None or a number in (0, 1]")
+
+
+def _vocab_limit(vocab_limit, vocab_size) -> int:
+    limit = vocab_size if vocab_limit is None else vocab_limit
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or not 1 <= limit <= vocab_size:
+        raise ValueError(f"vocab_limit={vocab_limit!r}, expected None or an integer in [1, "
+                         f"{vocab_size}] (the model's vocab_size)")
+    return limit
 
 
 def sample_next(logits, temperature: float, top_k: int | None, top_p: float | None,

@@ -57,27 +57,51 @@ class KVCache:
     Cross-attention: the first call stores the memory's projected keys and values, the next
     ones reuse them (the memory does not change while a sequence is decoded).
     `reorder(index)` follows the surviving hypotheses of a beam search.
+
+    The keys and values live in buffers (B, H, capacity, D) that are written in place: appending
+    a position copies only that position, where concatenating would copy every cached one again
+    (O(T^2) over a generation). capacity: the positions to make room for at the first append
+    (GPT.generate passes block_size); when the buffers fill up, they are replaced by ones twice
+    as long. k_buffer, v_buffer are the buffers; k and v the filled part (views).
     """
 
-    def __init__(self):
-        self.k = self.v = None
+    def __init__(self, capacity: int | None = None):
+        self.capacity = capacity
+        self.k_buffer = self.v_buffer = None
+        self.length = 0
 
     @property
-    def length(self) -> int:
-        return 0 if self.k is None else self.k.shape[2]
+    def k(self):
+        return None if self.k_buffer is None else self.k_buffer[:, :, :self.length]
+
+    @property
+    def v(self):
+        return None if self.v_buffer is None else self.v_buffer[:, :, :self.length]
 
     def append(self, k, v):
-        """Add (B, H, T_new, D) keys and values; return all of them so far."""
-        if self.k is None:
-            self.k, self.v = k, v
-        else:
-            self.k = np.concatenate([self.k, k], axis=2)
-            self.v = np.concatenate([self.v, v], axis=2)
+        """Add (B, H, T_new, D) keys and values; return all of them so far (views)."""
+        n = k.shape[2]
+        if self.k_buffer is None or self.length + n > self.k_buffer.shape[2]:
+            self._grow(k, self.length + n)
+        self.k_buffer[:, :, self.length:self.length + n] = k
+        self.v_buffer[:, :, self.length:self.length + n] = v
+        self.length += n
         return self.k, self.v
 
+    def _grow(self, k, needed: int) -> None:
+        """New buffers with room for `needed` positions (at least capacity, at least twice the
+        old), the cached positions copied over."""
+        old = 0 if self.k_buffer is None else self.k_buffer.shape[2]
+        size = max(needed, self.capacity or 0, 2 * old)
+        B, H, _, D = k.shape
+        k_new, v_new = (np.empty((B, H, size, D), dtype=k.dtype) for _ in range(2))
+        if old:
+            k_new[:, :, :self.length], v_new[:, :, :self.length] = self.k, self.v
+        self.k_buffer, self.v_buffer = k_new, v_new
+
     def reorder(self, index) -> None:
-        if self.k is not None:
-            self.k, self.v = self.k[index], self.v[index]
+        if self.k_buffer is not None:
+            self.k_buffer, self.v_buffer = self.k_buffer[index], self.v_buffer[index]
 
 
 class MultiHeadAttention(Module):
@@ -146,6 +170,12 @@ class MultiHeadAttention(Module):
             q, k, v = self._cross_qkv(x, memory, kv_cache)               # 3 x (B, H, T, D)
         else:
             q, k, v = split_qkv_heads(self.c_attn.forward(x), self.n_head)   # (B, T, 3C) -> 3 x (B, H, T, D)
+            if kv_cache is not None and self.causal and key_pad is None:
+                # decoding: the new positions attend to the cache's buffers where they lie
+                kv_cache.append(k, v)
+                out = kernels.get("attention_decode")(q, kv_cache.k_buffer, kv_cache.v_buffer, kv_cache.length)
+                self._cache = None
+                return self.c_proj.forward(merge_heads(out))             # (B, H, T, D) -> (B, T, C)
             if kv_cache is not None:
                 k, v = kv_cache.append(k, v)
         p = self.dropout if self.training and kv_cache is None else 0.0

@@ -285,7 +285,8 @@ def test_warmup_reports_seconds_per_kernel_and_changes_no_module_state():
     seconds = cpu.warmup(("float64",))
     assert set(seconds) == {"gemm[float64]", "attention[float64]", "erf[float64]", "layernorm[float64]",
                             "gelu_tanh[float64]", "cross_entropy[float64]", "adamw[float64]",
-                            "sum_squares[float64]", "matmul_add[float64]", "embedding[float64]"}
+                            "sum_squares[float64]", "matmul_add[float64]", "embedding[float64]",
+                            "decode[float64]"}
     assert all(s >= 0 and math.isfinite(s) for s in seconds.values())
     assert _module_state() == before
     assert tasks.PARALLEL_FROM == 1 << 20

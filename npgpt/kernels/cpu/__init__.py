@@ -12,6 +12,7 @@ file, each saying why it is faster:
     elementwise.py  fused LayerNorm, GELU (tanh), the embedding's scatter-add; erf
     loss.py         fused softmax cross-entropy
     optimizer.py    the AdamW update and the sum of squares over flat buffers
+    decode.py       decoding a token: one query's attention over a KV cache, read in place
     tasks.py        when a kernel runs on the calling thread and when on all of them
     precompile.py   warmup(): compile every kernel ahead, and say how long each took
 
@@ -33,6 +34,7 @@ from numba import njit  # noqa: E402
 
 from .attention import attention_backward, attention_forward  # noqa: E402
 from .blas import matmul, matmul_add  # noqa: E402
+from .decode import attention_decode  # noqa: E402
 from .elementwise import (embedding_backward, erf, gelu_tanh_backward, gelu_tanh_forward,  # noqa: E402
                           layernorm_backward, layernorm_forward)
 from .gemm import gemm  # noqa: E402
@@ -40,7 +42,8 @@ from .loss import cross_entropy_backward, cross_entropy_forward, cross_entropy_f
 from .optimizer import adamw_update, sum_squares  # noqa: E402
 from .precompile import warmup  # noqa: E402
 
-__all__ = ["matmul", "matmul_add", "gemm", "attention_forward", "attention_backward", "erf", "warmup",
+__all__ = ["matmul", "matmul_add", "gemm", "attention_forward", "attention_backward", "attention_decode",
+           "erf", "warmup",
            "layernorm_forward", "layernorm_backward", "gelu_tanh_forward", "gelu_tanh_backward",
            "cross_entropy_forward", "cross_entropy_backward", "cross_entropy_forward_backward", "adamw_update", "sum_squares",
            "embedding_backward"]

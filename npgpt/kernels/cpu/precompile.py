@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from .. import reference
-from . import attention, elementwise, loss, optimizer
+from . import attention, decode, elementwise, loss, optimizer
 from .blas import matmul_add
 from .elementwise import (embedding_backward, erf, gelu_tanh_backward, gelu_tanh_forward,
                           layernorm_backward, layernorm_forward)
@@ -51,7 +51,8 @@ def _calls(a: np.ndarray, b: np.ndarray):
             ("adamw", lambda: _adamw(flat)),
             ("sum_squares", lambda: (sum_squares(flat), optimizer._sum_squares_tasks(flat, np.empty(1)))),
             ("embedding", lambda: embedding_backward(a, (np.arange(9) % 3, 3))),
-            ("matmul_add", lambda: matmul_add(a.T @ a, a.T, a))]
+            ("matmul_add", lambda: matmul_add(a.T @ a, a.T, a)),
+            ("decode", lambda: _decode(a))]
 
 
 def _attention(a):
@@ -60,6 +61,14 @@ def _attention(a):
     for forward in (attention._attention_forward_fused, attention._attention_forward_blas):  # both paths
         out, cache = forward(q, q, q, True, bias)
         attention.attention_backward(out, cache)
+
+
+def _decode(a):
+    """Attention over a KV cache, on the calling thread and in parallel."""
+    q = np.ascontiguousarray(a[:2, :6].reshape(1, 2, 1, 6))       # (B, H, 1, D)
+    k = np.ascontiguousarray(a[:, :6].reshape(1, 1, 9, 6).repeat(2, axis=1))
+    decode._attend_heads(q, k, k, 5, 0.5, np.empty_like(q))
+    decode._attend_heads_parallel(q, k, k, 5, 0.5, np.empty_like(q))
 
 
 def _layernorm(a):
