@@ -35,9 +35,10 @@ table gives the median of the rounds' ratios.
 Model FLOP utilisation (MFU): (6 N + 12 L C T) FLOPs per token (nanoGPT's estimate: N the
 parameters that multiply, i.e. all but the position table; 12 L C T the attention scores and
 their weighted sum, forward and backward) times B T tokens, per second, over the measured GEMM
-peak of this machine (the best float32 GFLOP/s of numpy's BLAS in results/gemm.json, written by
-bench_gemm.py). Writes results/step.md, step.json and step.png (--name: another name; the
-one-thread run is results/step-1thread.*).
+peak of this machine at the same thread count (the best float32 GFLOP/s of numpy's BLAS on
+square products, npgpt.bench.peak, measured by each npgpt worker after its steps). Writes
+results/step.md, step.json and step.png (--name: another name; the one-thread run is
+results/step-1thread.*).
 """
 
 from __future__ import annotations
@@ -172,6 +173,9 @@ def worker(impl: str, model: str, steps: int, warmup: int, threads: int) -> dict
     out.update(n_params=n_params, step_s=wall, median_s=statistics.median(wall),
                cpu_s=statistics.median(cpu_s), load_after=os.getloadavg()[0],
                flops=flops_per_step(model, n_params))
+    if impl.startswith("npgpt"):
+        from npgpt.bench.peak import sgemm_gflops
+        out["sgemm_gflops"] = sgemm_gflops()[0]     # the compute roof at this thread count, for MFU
     del np
     return out
 
@@ -196,18 +200,11 @@ def launch(impl: str, model: str, args) -> dict:
 
 # -- the driver ------------------------------------------------------------------------------
 
-def gemm_peak() -> tuple[float | None, str]:
-    """The best float32 GFLOP/s of numpy's BLAS in gemm.json (the results folder in use, else
-    benchmarks/results), and where it came from."""
-    import common
-    for path in (common.RESULTS / "gemm.json", HERE / "results" / "gemm.json"):
-        try:
-            rows = json.loads(path.read_text())["rows"]
-        except (OSError, KeyError, ValueError):
-            continue
-        best = max(rows, key=lambda r: r.get("blas GFLOP/s", 0))
-        return float(best["blas GFLOP/s"]), f"numpy's BLAS at {best['shape']}, {path.parent.name}/gemm.json"
-    return None, "no gemm.json: run benchmarks/bench_gemm.py"
+def gemm_peak(runs: list[dict]) -> float | None:
+    """The best float32 GFLOP/s of numpy's BLAS on square products (npgpt.bench.peak), measured
+    by the npgpt workers after their steps, at the same thread count."""
+    peaks = [r["sgemm_gflops"] for r in runs if r.get("sgemm_gflops")]
+    return max(peaks) if peaks else None
 
 
 def summarise(runs: list[dict], models: list[str], impls: list[str], peak: float | None) -> list[dict]:
@@ -315,9 +312,8 @@ def main(argv=None) -> int:
         print("torch is not installed: timing npgpt only")
         impls.remove("torch")
     load = common.wait_for_quiet(timeout=args.wait_quiet)
-    peak, peak_from = gemm_peak()
-    print(f"GPT training step: {', '.join(impls)}; {args.threads} threads; load average {load:.2f}; "
-          f"GEMM peak {peak or float('nan'):.0f} GFLOP/s ({peak_from})", flush=True)
+    print(f"GPT training step: {', '.join(impls)}; {args.threads} threads; load average {load:.2f}",
+          flush=True)
     runs = []
     for rnd in range(args.rounds):
         for model in models:
@@ -328,6 +324,8 @@ def main(argv=None) -> int:
                       f"(cpu {r['cpu_s'] * 1e3:.0f} ms, first {r['first_step_s']:.2f} s, compile "
                       f"{r['compile_s']:.2f} s, loss {r['first_loss']:.4f}, load {r['load_after']:.2f})",
                       flush=True)
+    peak = gemm_peak(runs)
+    peak_from = f"numpy's BLAS at 1024^3 and 2048^3 on {args.threads} threads, measured by the npgpt workers"
     rows = summarise(runs, models, impls, peak)
     fmt = {"step ms": "{:.1f}", "cpu ms": "{:.0f}", "tokens/s": "{:,.0f}", "first step s": "{:.2f}",
            "compile s": "{:.2f}", "first loss": "{:.4f}", "MFU %": "{:.1f}", "/ torch": "{:.2f}",
