@@ -97,7 +97,8 @@ class Report:
         loads = " → ".join(str(m.get(k)) for k in ("load_average", "load_average_after") if m.get(k))
         head = (f"CPU: {m.get('cpu')}, {m.get('cores')} cores, {m.get('simd')}; caches {m.get('caches')}; "
                 f"BLAS: {m.get('blas')}; "
-                f"numpy {m.get('numpy')}, numba {m.get('numba')}; load average {loads}\n`{self.command}`")
+                f"numpy {m.get('numpy')}, numba {m.get('numba')}; load average {loads}\n"
+                + _threads_as_run(m.get("settings") or {}) + f"`{self.command}`")
         rows = self.rows()
         lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---:" if c in NUMERIC else "---"
                                                                   for c in COLUMNS) + "|"]
@@ -160,3 +161,15 @@ def _millions(n: int) -> str:
 def _fmt(x: float) -> str:
     """Three significant digits, no exponent: 12.3, 1.23, 1234."""
     return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def _threads_as_run(settings: dict) -> str:
+    """One line: the threads each worker's libraries ran (numpy's BLAS through threadpoolctl,
+    torch's own count), as the workers reported them; empty when they reported nothing."""
+    parts = []
+    for name, setting in settings.items():
+        if "blas" in setting:
+            parts.append(f"{name}: {setting['blas']}")
+        elif "torch_threads" in setting:
+            parts.append(f"{name}: torch, {setting['torch_threads']} threads")
+    return "Threads as run: " + "; ".join(parts) + "\n" if parts else ""

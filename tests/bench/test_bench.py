@@ -66,6 +66,16 @@ def _report():
                   results, "npgpt bench --threads 2")
 
 
+def test_the_table_says_the_threads_each_worker_ran():
+    report = _report()
+    report.machine["settings"] = {"npgpt-numba 2": {"blas": "openblas 0.3.31 (SkylakeX, 2 threads)"},
+                                  "torch-torch 2": {"torch": "2.13.0", "torch_threads": 2}}
+    md = Report.from_json(report.to_json()).markdown()
+    assert ("Threads as run: npgpt-numba 2: openblas 0.3.31 (SkylakeX, 2 threads); "
+            "torch-torch 2: torch, 2 threads\n") in md
+    assert "Threads as run" not in _report().markdown()
+
+
 def test_a_report_round_trips_through_json_and_prints_md_and_csv():
     report = _report()
     assert Report.from_json(report.to_json()) == report
