@@ -155,7 +155,7 @@ def worker(impl: str, model: str, steps: int, warmup: int, threads: int) -> dict
         else:
             out["compile_s"] = 0.0
         step, n_params = npgpt_step(model)
-        out.update(threads=numba.get_num_threads(), blas=common.openblas_info() or common.blas_info(),
+        out.update(threads=numba.get_num_threads(), blas=common.blas_info(),
                    thread_env={k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
                                                               "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS",
                                                               "OPENBLAS_THREAD_TIMEOUT")})

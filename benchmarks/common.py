@@ -113,49 +113,11 @@ def environment() -> dict:
     return env
 
 
-def _openblas_function(*names):
-    """The first of `names` exported by a loaded OpenBLAS (numpy's), or None."""
-    import ctypes
-    try:
-        maps = Path("/proc/self/maps").read_text().splitlines()
-    except OSError:
-        return None
-    paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line})
-    for path in paths:
-        lib = ctypes.CDLL(path)
-        for name in names:
-            if hasattr(lib, name):
-                return getattr(lib, name)
-    return None
-
-
 def _openblas_setter():
     """numpy's OpenBLAS `set_num_threads`, found among the loaded libraries, or None."""
-    return _openblas_function("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
-                              "openblas_set_num_threads")
-
-
-def openblas_info() -> str | None:
-    """numpy's OpenBLAS as it runs here: its build string, the kernel it chose for this CPU
-    (e.g. SkylakeX: AVX-512) and its thread count; None when numpy's BLAS is not OpenBLAS."""
-    import ctypes
-    config = _openblas_function("scipy_openblas_get_config64_", "openblas_get_config64_",
-                                "openblas_get_config")
-    core = _openblas_function("scipy_openblas_get_corename64_", "openblas_get_corename64_",
-                              "openblas_get_corename")
-    threads = _openblas_function("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_",
-                                 "openblas_get_num_threads")
-    if config is None:
-        return None
-    for f in (config, core):
-        if f is not None:
-            f.restype = ctypes.c_char_p
-    parts = [config().decode().strip()]
-    if core is not None:
-        parts.append(f"kernel {core().decode()}")
-    if threads is not None:
-        parts.append(f"{threads()} threads")
-    return ", ".join(parts)
+    from npgpt.bench import machine
+    return machine.openblas_function("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
+                                     "openblas_set_num_threads")
 
 
 def torch_blas_info() -> str | None:

@@ -7,12 +7,14 @@
 The CPU model comes from /proc/cpuinfo (Linux) or platform; the SIMD width from the CPU's flags
 (AVX-512, AVX2, NEON); the data caches from sysfs (a model whose weights fit in the last level
 decodes from cache, faster than from memory); numpy's BLAS and its thread count from
-threadpoolctl when it is installed (an optional dependency, the `bench` extra), else from numpy's
-build configuration.
+threadpoolctl when it is installed (an optional dependency, the `bench` extra), else from
+OpenBLAS's own functions (openblas_get_num_threads, found among the loaded libraries), else
+numpy's build configuration (the thread count unknown).
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib.metadata
 import os
 import platform
@@ -77,11 +79,50 @@ def blas(threads: bool = True) -> str:
                 for d in threadpool_info() if d.get("user_api") == "blas"]
         if libs:
             return ", ".join(libs)
+    own = openblas_info() if threads else None
+    if own is not None:
+        return own
     try:
         dep = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
         return f"{dep.get('name')} {dep.get('version')} (threads unknown: pip install threadpoolctl)"
     except Exception as e:       # show_config's layout differs between numpy versions
         return f"unknown ({type(e).__name__})"
+
+
+def openblas_function(*names):
+    """The first of `names` exported by a loaded OpenBLAS (numpy's), or None."""
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return None
+    paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line})
+    for path in paths:
+        lib = ctypes.CDLL(path)
+        for name in names:
+            if hasattr(lib, name):
+                return getattr(lib, name)
+    return None
+
+
+def openblas_info() -> str | None:
+    """numpy's OpenBLAS as it runs here, asked through its own API (no threadpoolctl needed):
+    its build string, the kernel it chose for this CPU (e.g. SkylakeX: AVX-512) and its thread
+    count; None when numpy's BLAS is not OpenBLAS."""
+    config = openblas_function("scipy_openblas_get_config64_", "openblas_get_config64_", "openblas_get_config")
+    core = openblas_function("scipy_openblas_get_corename64_", "openblas_get_corename64_", "openblas_get_corename")
+    threads = openblas_function("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_",
+                                "openblas_get_num_threads")
+    if config is None:
+        return None
+    for f in (config, core):
+        if f is not None:
+            f.restype = ctypes.c_char_p
+    parts = [config().decode().strip()]
+    if core is not None:
+        parts.append(f"kernel {core().decode()}")
+    if threads is not None:
+        parts.append(f"{threads()} threads")
+    return ", ".join(parts)
 
 
 def describe() -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -58,7 +59,8 @@ def run_npgpt(job: dict) -> tuple[list[Result], dict | None, dict]:
             if test != "peak":
                 results.append(workload(job, name, test, f"npgpt-{job['backend']}"))
     blas = machine.blas()
-    if "threads)" in blas and f"{job['threads']} threads)" not in blas:
+    ran = re.search(r"(\d+) threads", blas)
+    if ran and int(ran.group(1)) != job["threads"]:
         say(job, f"warning: numpy's BLAS runs {blas}, not {job['threads']} threads")
     return results, roofs, {"blas": blas}
 

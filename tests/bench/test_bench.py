@@ -3,10 +3,12 @@ sizes (each test type, every output format, bad arguments, and from an installed
 
 from __future__ import annotations
 
+import builtins
 import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +143,17 @@ def test_bench_runs_from_an_installed_copy_without_a_checkout(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert {r["label"] for r in json.loads(run.stdout)["results"]} == {"sgemm", "triad", "read"}
+
+
+def test_the_blas_threads_are_known_without_threadpoolctl(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_threadpoolctl(name, *args, **kwargs):
+        if name == "threadpoolctl":
+            raise ImportError("no threadpoolctl")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_threadpoolctl)
+    own = machine.openblas_info()
+    if own is None:
+        pytest.skip("numpy's BLAS here is not OpenBLAS: nothing to ask")
+    assert re.search(r"\d+ threads$", own) and machine.blas() == own
