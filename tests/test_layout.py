@@ -30,7 +30,7 @@ FLOORS = [
     {"nn"},
     {"models"},
     {"optim", "data", "tokenizers", "checkpoint", "gradcheck", "finetune", "dist"},
-    {"trainer"},
+    {"trainer", "settings"},
     {"runs", "sample", "exercises", "trace", "bench"},
     {"cli"},
 ]

@@ -2,7 +2,7 @@
 the body those commands share.
 
 Each field of PretrainConfig, Seq2SeqConfig, FinetuneConfig is declared once, with its help
-beside it (npgpt.runs.settings.setting); add_config_flags turns every field into a flag:
+beside it (npgpt.settings.setting); add_config_flags turns every field into a flag:
 
     max_iters: int = setting(1500, "optimisation steps")
     ->  --max-iters N        optimisation steps (default: 1500)
@@ -26,7 +26,7 @@ import typing
 from types import ModuleType
 
 from .. import dist
-from ..runs.settings import flag_name
+from ..settings import flag_name
 from ..runs.skeleton import RunSpec
 from ..trainer import TrainingDiverged
 
@@ -40,7 +40,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls) -> None:
         meta, type_ = f.metadata, _plain(types[f.name])
         if "help" not in meta:
             raise TypeError(f"{config_cls.__name__}.{f.name} has no help: declare it with "
-                            f"npgpt.runs.settings.setting(default, help)")
+                            f"npgpt.settings.setting(default, help)")
         help_ = meta["help"].replace("%", "%%")           # argparse formats help with %
         if type_ is bool:
             parser.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction,

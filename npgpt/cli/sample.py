@@ -7,7 +7,7 @@ import os
 import sys
 
 from .. import kernels
-from ..runs.settings import BACKENDS, DTYPES
+from ..settings import BACKENDS, DTYPES
 from ..sample import default_prompt, generate_text, load_model, vocab_note
 
 DEFAULT_CHECKPOINT = os.path.join("out", "ckpt.safetensors")   # where `npgpt train` writes by default

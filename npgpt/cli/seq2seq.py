@@ -10,7 +10,7 @@ from .. import kernels
 from ..data import load_text
 from ..runs import seq2seq
 from ..runs.seq2seq import DEFAULT_OUT, Seq2SeqConfig, load_seq2seq, translate_texts
-from ..runs.settings import BACKENDS, DTYPES
+from ..settings import BACKENDS, DTYPES
 from .flags import add_config_flags, add_resume_flag, run_training
 from .parser import help_when_bare
 

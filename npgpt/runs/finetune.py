@@ -50,7 +50,7 @@ from ..sample import vocab_note
 from ..tokenizers import CharTokenizer, tokenizer_from_dict
 from ..trainer import CHECKPOINT_NAME, LOG_NAME, TrainResult
 from .finetune_tasks import assemble, read_task
-from .settings import (ALLREDUCE_HELP, ALLREDUCES, BACKENDS, DTYPES,
+from ..settings import (ALLREDUCE_HELP, ALLREDUCES, BACKENDS, DTYPES,
                        PARALLEL_SETTINGS, SHARD_HELP, Checker, is_int, setting)
 from .skeleton import RunSpec, Session, print_sample, processes, resume_settings
 

@@ -29,7 +29,7 @@ from ..optim import WarmupCosine
 from ..tokenizers import BPETokenizer, CharTokenizer, tokenizer_from_dict
 from ..trace.health import Health
 from ..trainer import CHECKPOINT_NAME, LOG_NAME, TrainResult
-from .settings import (ALLREDUCE_HELP, ALLREDUCES, BACKENDS, DTYPES, PARALLEL_SETTINGS,
+from ..settings import (ALLREDUCE_HELP, ALLREDUCES, BACKENDS, DTYPES, PARALLEL_SETTINGS,
                        SHARD_HELP, WARMUP_SHOWN, Checker, default_warmup, setting)
 from .skeleton import RunSpec, Session, print_sample, processes, resume_settings
 

@@ -50,7 +50,7 @@ from .seq2seq_data import (Seq2SeqData, batch_fn, check_pairs, fitted_seq_len, l
                            tokens_fn)
 from .seq2seq_eval import (Evaluation, evaluate, load_seq2seq, translate_ids, translate_texts,
                            validation_loss)
-from .settings import (ALLREDUCE_HELP, ALLREDUCES, BACKENDS, DTYPES, PARALLEL_SETTINGS,
+from ..settings import (ALLREDUCE_HELP, ALLREDUCES, BACKENDS, DTYPES, PARALLEL_SETTINGS,
                        SHARD_HELP, WARMUP_SHOWN, Checker, default_warmup, is_number, setting)
 from .skeleton import RunSpec, Session, processes, resume_settings
 

@@ -46,7 +46,7 @@ from .. import dist, kernels
 from ..optim import AdamW
 from ..sample import default_prompt, generate_text
 from ..trainer import CHECKPOINT_NAME, Trainer, TrainResult
-from .settings import flag_name
+from ..settings import flag_name
 
 
 @dataclass(frozen=True)

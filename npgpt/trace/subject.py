@@ -28,7 +28,7 @@ from ..finetune.init import load_init
 from ..models.gpt import GPT
 from ..models.transformer import Transformer
 from ..optim import AdamW
-from ..runs.settings import BACKENDS, DTYPES, Checker, setting
+from ..settings import BACKENDS, DTYPES, Checker, setting
 from ..tokenizers import CharTokenizer, tokenizer_from_dict
 from .compare import compare_with_torch
 from .step import Trace, trace_step
