@@ -20,13 +20,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
+import sys
 import time
 import timeit
+from pathlib import Path
 
 import numpy as np
 
-from npgpt import GPT, GPTConfig, kernels, nn
-from npgpt.optim import AdamW, clip_grad_norm
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # a checkout runs this uninstalled
+
+from npgpt import GPT, GPTConfig, kernels, nn  # noqa: E402
+from npgpt.optim import AdamW, clip_grad_norm  # noqa: E402
 
 
 def _classes():

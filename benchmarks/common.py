@@ -39,6 +39,13 @@ if not os.environ.get("NPGPT_BENCH_NO_TORCH"):
 
 import numpy as np  # noqa: E402
 
+# A checkout runs these scripts without installing npgpt: the repository goes on the path, for
+# this process and (through PYTHONPATH) for the workers it starts.
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+
 USER_ENV = dict(os.environ)          # before npgpt can set anything: see worker_env
 
 RESULTS = Path(os.environ.get("NPGPT_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
