@@ -143,6 +143,11 @@ def test_bench_runs_from_an_installed_copy_without_a_checkout(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert {r["label"] for r in json.loads(run.stdout)["results"]} == {"sgemm", "triad", "read"}
+    table = subprocess.run([sys.executable, "-m", "npgpt", "bench", "--model", "baby", "--test", "decode",
+                            "--backend", "numpy", "--no-peer"] + TINY, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert table.returncode == 0, table.stderr[-2000:]
+    assert "| model | params | impl | threads | test | t/s |" in table.stdout
+    assert "| baby | 810 k | npgpt-numpy | 1 | tg4 |" in table.stdout     # numpy: no compile in a fresh copy
 
 
 def test_the_blas_threads_are_known_without_threadpoolctl(monkeypatch):
