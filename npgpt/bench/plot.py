@@ -8,8 +8,11 @@ matplotlib is optional (the `bench` extra): without it `draw` says so and return
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 
+from ..files import write_atomic
 from .report import Report
 
 MARKERS = {"train": "o", "prefill": "s", "decode": "^"}
@@ -37,8 +40,10 @@ def draw(report: Report, path) -> bool:
     axes[0][0].set_ylabel("GFLOP/s")
     fig.suptitle(f"Roofline: {report.machine.get('cpu')}, {report.machine.get('cores')} cores")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
+    write_atomic(path, png.getvalue())        # never a half-written picture
     return True
 
 

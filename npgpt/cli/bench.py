@@ -15,6 +15,7 @@ The scripts behind the README's detailed tables stay in a checkout's benchmarks/
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -69,6 +70,9 @@ def plan_from(args) -> Plan:
         raise ValueError(f"--output {args.output!r}: expected one of {', '.join(FORMATS)}")
     for flag in ("repetitions", "prompt", "gen", "peak_mib"):
         ints(flag.replace("_", "-"), str(getattr(args, flag)))
+    if args.plot and not Path(args.plot).resolve().parent.is_dir():
+        raise ValueError(f"--plot {args.plot!r}: the folder {str(Path(args.plot).resolve().parent)!r} does "
+                         f"not exist (checked before the run, so that its results are not lost)")
     return Plan(models=known("model", lists["model"], MODEL_NAMES), tests=known("test", lists["test"], TESTS),
                 threads=ints("threads", args.threads) if args.threads else Plan().threads,
                 repetitions=args.repetitions, prompt=args.prompt, gen=args.gen,
@@ -82,6 +86,10 @@ def main(args) -> int:
     except ValueError as e:
         print(f"npgpt bench: error: {e}", file=sys.stderr)
         return 2
+    cores = os.cpu_count() or 1
+    if max(plan.threads) > cores:
+        print(f"npgpt bench: warning: --threads {max(plan.threads)} on {cores} cores: the threads will "
+              f"share cores, and the numbers say so", file=sys.stderr)
     report = run(plan, command=command_of(plan))
     for line in check_tokens(report):
         print(f"npgpt bench: warning: {line}", file=sys.stderr)

@@ -162,3 +162,11 @@ def test_the_blas_threads_are_known_without_threadpoolctl(monkeypatch):
     if own is None:
         pytest.skip("numpy's BLAS here is not OpenBLAS: nothing to ask")
     assert re.search(r"\d+ threads$", own) and machine.blas() == own
+
+
+def test_a_plot_into_a_missing_folder_is_refused_before_the_run(capsys, tmp_path):
+    missing = tmp_path / "no-such-folder" / "roofline.png"
+    assert main(["bench", "--test", "peak", "--plot", str(missing)] + TINY) == 2
+    err = capsys.readouterr().err
+    assert "--plot" in err and "no-such-folder" in err and "does not exist" in err
+    assert "peak:" not in err                                 # nothing was run
