@@ -70,9 +70,10 @@ def plan_from(args) -> Plan:
         raise ValueError(f"--output {args.output!r}: expected one of {', '.join(FORMATS)}")
     for flag in ("repetitions", "prompt", "gen", "peak_mib"):
         ints(flag.replace("_", "-"), str(getattr(args, flag)))
-    if args.plot and not Path(args.plot).resolve().parent.is_dir():
-        raise ValueError(f"--plot {args.plot!r}: the folder {str(Path(args.plot).resolve().parent)!r} does "
-                         f"not exist (checked before the run, so that its results are not lost)")
+    folder = Path(args.plot).resolve().parent if args.plot else None
+    if folder is not None and not folder.is_dir():
+        raise ValueError(f"--plot {args.plot!r}: the folder {str(folder)!r} does not exist (checked "
+                         f"before the run, so that its results are not lost)")
     return Plan(models=known("model", lists["model"], MODEL_NAMES), tests=known("test", lists["test"], TESTS),
                 threads=ints("threads", args.threads) if args.threads else Plan().threads,
                 repetitions=args.repetitions, prompt=args.prompt, gen=args.gen,

@@ -99,18 +99,12 @@ class ShardedAdamW(AdamW):
     def state_dict(self) -> dict:
         """AdamW.state_dict() of the whole optimizer: the moments gathered from every rank. A
         collective: every rank calls it at the same point (the Trainer's save does)."""
-        state = self._hyper_state()
-        for prefix, slices in (("m", self._m), ("v", self._v)):
-            for j, arr in enumerate(self._split(self._whole(slices))):
-                state[f"{prefix}.{j}"] = arr
-        return state
+        return self._arrays_state(m=self._whole(self._m), v=self._whole(self._v))
 
     def load_state_dict(self, state: dict) -> None:
         """Restore an AdamW state_dict (of any number of processes): each rank keeps its slice."""
+        self._load_groups(state, "mv")
         n = len(self._params)
-        groups = self._check_state(state, [f"{x}.{j}" for x in "mv" for j in range(n)])
-        for group, values in zip(self.param_groups, groups):
-            group.update(values)
         for prefix, slices in (("m", self._m), ("v", self._v)):
             whole = [np.zeros_like(run.data) for run in self.runs]
             self._load_state(whole, state, prefix, range(n))

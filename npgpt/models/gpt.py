@@ -182,8 +182,7 @@ class GPT(Module):
         prompt's forward apart from the steps after it, as npgpt bench does).
         """
         cfg = self.config
-        single = np.ndim(prompt_ids) == 1
-        ids = _check_prompt(prompt_ids, window, cfg)
+        ids, single = _check_prompt(prompt_ids, window, cfg)
         _check_sampling(max_new_tokens, temperature, top_k, top_p, cfg.vocab_size)
         limit = _vocab_limit(vocab_limit, cfg.vocab_size)
         rng = np.random.default_rng(seed)
@@ -228,16 +227,18 @@ class GPT(Module):
         return f"{self.num_parameters():,} parameters"
 
 
-def _check_prompt(prompt_ids, window: bool, cfg: GPTConfig) -> np.ndarray:
-    """prompt_ids as a (B, T) int array, checked against the vocabulary and block_size."""
+def _check_prompt(prompt_ids, window: bool, cfg: GPTConfig) -> tuple[np.ndarray, bool]:
+    """(prompt_ids as a (B, T) int array checked against the vocabulary and block_size, whether
+    it was a single prompt (T,))."""
     ids = np.asarray(prompt_ids)
-    ids = check_ids("prompt_ids", ids[None] if ids.ndim == 1 else ids, cfg.vocab_size, ndim=2)
+    single = ids.ndim == 1
+    ids = check_ids("prompt_ids", ids[None] if single else ids, cfg.vocab_size, ndim=2)
     if ids.shape[1] == 0:
         raise ValueError("prompt_ids is empty: expected at least one token to condition on")
     if not window and ids.shape[1] > cfg.block_size:
         raise ValueError(f"prompt_ids has {ids.shape[1]} tokens: expected at most block_size="
                          f"{cfg.block_size} (or pass window=True to keep the last block_size)")
-    return ids
+    return ids, single
 
 
 def _check_sampling(max_new_tokens, temperature, top_k, top_p, vocab_size):

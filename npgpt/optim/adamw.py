@@ -101,18 +101,12 @@ class AdamW(Optimizer):
     def state_dict(self) -> dict:
         """{"step", "group_sizes", "lr", "betas", "eps", "weight_decay" (one entry per group),
         "m.{j}", "v.{j}"}: plain values and numpy copies; j indexes `params`."""
-        state = self._hyper_state()
-        for prefix, per_run in (("m", self._m), ("v", self._v)):
-            for j, arr in enumerate(self._split(per_run)):
-                state[f"{prefix}.{j}"] = arr
-        return state
+        return self._arrays_state(m=self._m, v=self._v)
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a state_dict() of an AdamW over the same parameters; checks all, then writes."""
+        self._load_groups(state, "mv")
         n = len(self._params)
-        groups = self._check_state(state, [f"{x}.{j}" for x in "mv" for j in range(n)])
-        for group, values in zip(self.param_groups, groups):
-            group.update(values)
         self._load_state(self._m, state, "m", range(n))
         self._load_state(self._v, state, "v", range(n))
         self.step_count = int(state["step"])

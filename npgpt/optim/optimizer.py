@@ -103,6 +103,23 @@ class Optimizer:
             state[key] = [_plain(g[key]) for g in self.param_groups]
         return state
 
+    def _arrays_state(self, **per_run: list[np.ndarray]) -> dict:
+        """_hyper_state() plus each named per-run state as per-parameter copies: m=... gives
+        "m.0", "m.1", ... (j indexes `params`)."""
+        state = self._hyper_state()
+        for prefix, runs in per_run.items():
+            for j, arr in enumerate(self._split(runs)):
+                state[f"{prefix}.{j}"] = arr
+        return state
+
+    def _load_groups(self, state: dict, prefixes: str) -> None:
+        """Check a state dict holding one array per parameter for each prefix (see
+        _check_state: nothing is written if anything is wrong), then take its groups'
+        hyper-parameters."""
+        keys = [f"{x}.{j}" for x in prefixes for j in range(len(self._params))]
+        for group, values in zip(self.param_groups, self._check_state(state, keys)):
+            group.update(values)
+
     def _check_state(self, state: dict, array_keys: list[str]) -> list[dict]:
         """Validate a state dict against this optimizer (keys, layout, step, arrays, values);
         return the param groups' new hyper-parameters. Writes nothing."""

@@ -113,20 +113,25 @@ def _cross_entropy_forward_backward_tasks(x, targets, valid, eps, scale, lse, lo
                                              min(t * ROWS_PER_TASK + ROWS_PER_TASK, N))
 
 
+def _forward_buffers(logits, targets, ignore_index, label_smoothing):
+    """The checked arguments of a forward and what it writes into: (x contiguous (N, V),
+    targets, valid (N,) bool, n_valid, eps, lse (N,), loss_rows (N,))."""
+    x, targets = reference.check_cross_entropy_args(logits, targets, ignore_index, label_smoothing)
+    x = np.ascontiguousarray(x)
+    valid = targets != ignore_index
+    lse, loss_rows = (np.empty(x.shape[0], dtype=x.dtype) for _ in range(2))
+    return x, targets, valid, int(valid.sum()), float(label_smoothing), lse, loss_rows
+
+
 def cross_entropy_forward(logits, targets, ignore_index=-100, label_smoothing=0.0):
     """npgpt.nn.loss.cross_entropy_forward in one pass over the logits, row by row (see that
     function for the math). Returns (loss, CrossEntropyCache).
 
     The per-row losses are added in float64, in row order.
     """
-    x, targets = reference.check_cross_entropy_args(logits, targets, ignore_index, label_smoothing)
-    x = np.ascontiguousarray(x)
+    x, targets, valid, n_valid, eps, lse, loss_rows = _forward_buffers(logits, targets, ignore_index,
+                                                                       label_smoothing)
     N, V = x.shape
-    valid = targets != ignore_index
-    n_valid = int(valid.sum())
-    lse = np.empty(N, dtype=x.dtype)
-    loss_rows = np.empty(N, dtype=x.dtype)
-    eps = float(label_smoothing)
     n_tasks = row_tasks(N, V)
     if n_tasks:
         _cross_entropy_forward_tasks(x, targets, valid, eps, lse, loss_rows, n_tasks)
@@ -166,15 +171,10 @@ def cross_entropy_forward_backward(logits, targets, ignore_index=-100, label_smo
     the log-sum-exp's; apart, the backward reads all the logits from memory a second time. The
     numbers are the two kernels' own, bit for bit (the same row functions).
     """
-    x, targets = reference.check_cross_entropy_args(logits, targets, ignore_index, label_smoothing)
-    x = np.ascontiguousarray(x)
+    x, targets, valid, n_valid, eps, lse, loss_rows = _forward_buffers(logits, targets, ignore_index,
+                                                                       label_smoothing)
     N, V = x.shape
-    valid = targets != ignore_index
-    n_valid = int(valid.sum())
-    lse = np.empty(N, dtype=x.dtype)
-    loss_rows = np.empty(N, dtype=x.dtype)
     dx = np.empty(logits.shape, dtype=x.dtype)
-    eps = float(label_smoothing)
     scale = 1.0 / n_valid if n_valid else 0.0
     args = (x, targets, valid, eps, scale, lse, loss_rows, dx.reshape(N, V))
     n_tasks = row_tasks(N, V)
