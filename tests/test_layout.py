@@ -194,25 +194,65 @@ def _pure_functions():
                 yield path, node
 
 
+def _reached(node, functions):
+    """node and every module-level function of its file that it calls, directly or through
+    another such function: the code a call of node runs, as far as the file shows it."""
+    seen, todo = {}, [node]
+    while todo:
+        fn = todo.pop()
+        if fn.name in seen:
+            continue
+        seen[fn.name] = fn
+        todo += [functions[c.func.id] for c in ast.walk(fn) if isinstance(c, ast.Call)
+                 and isinstance(c.func, ast.Name) and c.func.id in functions]
+    return list(seen.values())
+
+
 @pytest.mark.parametrize("path,node", list(_pure_functions()), ids=lambda x: getattr(x, "name", ""))
 def test_pure_functions_run_only_their_own_numpy(path, node):
     """A pure x_forward / x_backward of nn/ may call the registry for a primitive (matmul,
-    attention, erf: defined in reference.py), never for a fused twin of its own body."""
+    attention, erf: defined in reference.py), never for a fused twin of its own body; nor may a
+    helper of the same file that it calls."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    functions = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
     bad = []
-    for call in ast.walk(node):
-        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)):
-            continue
-        owner = call.func.value
-        if not (isinstance(owner, ast.Name) and owner.id == "kernels"):
-            continue
-        if call.func.attr == "fused":
-            bad.append(f"line {call.lineno}: kernels.fused(...)")
-        elif call.func.attr == "get":
-            arg = call.args[0] if call.args else None
-            if not (isinstance(arg, ast.Constant) and arg.value in PRIMITIVES):
-                bad.append(f"line {call.lineno}: kernels.get({ast.unparse(arg) if arg else ''})")
+    for fn in _reached(node, functions):
+        where = "" if fn is node else f" (in {fn.name}, which it calls)"
+        for call in ast.walk(fn):
+            if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)):
+                continue
+            owner = call.func.value
+            if not (isinstance(owner, ast.Name) and owner.id == "kernels"):
+                continue
+            if call.func.attr == "fused":
+                bad.append(f"line {call.lineno}: kernels.fused(...){where}")
+            elif call.func.attr == "get":
+                arg = call.args[0] if call.args else None
+                if not (isinstance(arg, ast.Constant) and arg.value in PRIMITIVES):
+                    bad.append(f"line {call.lineno}: kernels.get({ast.unparse(arg) if arg else ''}){where}")
     assert not bad, (f"{_rel(path)}: {node.name} hands its body to a kernel (choose fused kernels in "
                      f"the Module): " + "; ".join(bad))
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "nn").glob("*.py")), ids=lambda p: p.name)
+def test_nn_reaches_kernels_only_through_the_registry(path):
+    """nn/ imports the kernels package as `kernels` (so every kernel call reads kernels.get /
+    kernels.fused, which the test above can see) and names from kernels.reference; never a backend
+    module (kernels.cpu, kernels.cuda) nor the registry's functions under a bare name."""
+    bad = []
+    for imp in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(imp, ast.ImportFrom):
+            module = ("." * imp.level) + (imp.module or "")
+            names = [a.name for a in imp.names]
+            if module == ".." and names != ["kernels"] and "kernels" in names:
+                bad.append(f"line {imp.lineno}: from .. import {', '.join(names)}")
+            elif module == "..kernels" or (module.startswith("..kernels.") and module != "..kernels.reference"):
+                bad.append(f"line {imp.lineno}: from {module} import {', '.join(names)}")
+            elif module.startswith("npgpt.kernels"):
+                bad.append(f"line {imp.lineno}: from {module} import ... (import it relatively, as `kernels`)")
+        elif isinstance(imp, ast.Import):
+            bad += [f"line {imp.lineno}: import {a.name}" for a in imp.names if a.name.startswith("npgpt.kernels")]
+    assert not bad, f"{_rel(path)} reaches kernels around the registry: " + "; ".join(bad)
 
 
 def test_there_are_pure_functions_to_check():
