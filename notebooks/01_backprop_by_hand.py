@@ -544,7 +544,7 @@ assert all(r["passed"] for r in rows), [r for r in rows if not r["passed"]]
 # %% [markdown]
 # ## Exercises
 #
-# 1. `npgpt exercise start linear`, then `relu`, `gelu`, `softmax`, `cross_entropy`,
+# 1. `npgpt exercise start linear`, then `relu`, `gelu_tanh`, `softmax`, `cross_entropy`,
 #    `layernorm`, `dropout`: write each layer's forward and backward yourself; the checker runs
 #    them against the numerical gradient, as this notebook does.
 # 2. Derive the backward of RMSNorm, $y = w \odot x / \sqrt{\operatorname{mean}(x^2) + \epsilon}$

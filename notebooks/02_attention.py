@@ -463,7 +463,7 @@ assert rel_error(lhs, rhs) < 1e-13
 # %% [markdown]
 # ## Exercises
 #
-# 1. `npgpt exercise start attention`, then `multi_head_attention`: write the kernel and the
+# 1. `npgpt exercise start attention`, then `multihead_attention`: write the kernel and the
 #    layer, masks included; the checker compares them with npgpt's and the numerical gradient.
 # 2. Section 1 measured the variance of $q \cdot k$ for independent entries. Repeat it with
 #    queries and keys taken from a LayerNorm'd random input through random projections of

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from npgpt.exercises import EXERCISES
+
 pytest.importorskip("jupytext")
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -99,3 +101,25 @@ def test_stored_notebook_is_its_source_executed(source):
         f"{path.name} has no assert cell"
     assert any("image/png" in o.get("data", {}) for c in code for o in c.outputs), \
         f"{path.name} is stored without a figure (an image/png output): every notebook draws"
+
+
+def _suggested_exercises(text: str) -> set[str]:
+    """The exercise names a notebook tells its reader to start: each `npgpt exercise start X`,
+    and the backticked names of a "then `a`, `b`" that follows it, up to the next ':', '.' or ')'."""
+    names = set()
+    for m in re.finditer(r"`npgpt exercise start (\w+)`", text):
+        names.add(m[1])
+        tail = re.split(r"[:.)]", text[m.end():], maxsplit=1)[0]
+        if re.match(r"\s*,?\s*\(?then\b", tail):
+            names.update(re.findall(r"`(\w+)`", tail))
+    return names
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
+def test_the_exercises_a_notebook_suggests_exist(source):
+    """A notebook's "Exercises" send the reader to `npgpt exercise start NAME`: every such NAME is
+    one npgpt has (a misspelt one answers "invalid choice")."""
+    known = {exercise.name for exercise in EXERCISES}
+    suggested = _suggested_exercises(source.read_text(encoding="utf-8"))
+    assert suggested <= known, \
+        f"{source.name} suggests exercises npgpt does not have: {sorted(suggested - known)}"
