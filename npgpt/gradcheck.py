@@ -393,5 +393,6 @@ def summary_line(rows: list[dict]) -> str:
     failed = sum(not r["passed"] for r in rows)
     layers = len({r["layer"] for r in rows})
     tol = max(r["tolerance"] for r in rows) if rows else TOLERANCES["smooth"]
-    return (f"{len(rows) - failed}/{len(rows)} tensors of {layers} layers within tolerance (rel. error "
+    return (f"{len(rows) - failed}/{len(rows)} tensor{'s' * (len(rows) != 1)} of {layers} "
+            f"layer{'s' * (layers != 1)} within tolerance (rel. error "
             f"<= {tol:.0e} and elem. error <= {ELEMENT_TOLERANCE:.0e}, float64 central differences)")

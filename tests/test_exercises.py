@@ -191,7 +191,9 @@ def test_solution_prints_npgpts_own_code(capsys):
 def test_check_without_a_file_or_with_a_changed_forward(tmp_path, capsys):
     ws = str(tmp_path)
     status, out = _cli(capsys, "check", "gelu_tanh", "--dir", ws)
-    assert status == 2 and "does not exist: start it with `npgpt exercise start gelu_tanh`" in out
+    assert status == 2 and f"does not exist: start it with `npgpt exercise start gelu_tanh --dir {ws}`" in out
+    status, out = _cli(capsys, "check", "gelu_tanh", "--dir", str(tmp_path / "my work"))
+    assert f"`npgpt exercise start gelu_tanh --dir '{tmp_path / 'my work'}'`" in out     # pastable
     _cli(capsys, "start", "gelu_tanh", "--dir", ws)
     path = Workspace(ws).path(get("gelu_tanh"))
     path.write_text(path.read_text().replace("return 0.5 * x * (1 + t), (x, t)", "return x * (1 + t), (x, t)"))
@@ -272,3 +274,39 @@ def test_an_update_that_returns_instead_of_updating_in_place(tmp_path, capsys):
                                              "return p - lr * g, m, v"))
     status, out = _cli(capsys, "check", "--dir", ws)
     assert status == 2 and "adamw_update (line 10) returned tuple: expected None" in out
+
+
+@pytest.mark.parametrize("verb", [["start", "linear"], [], ["hint"], ["check"], ["watch", "--max-checks", "1"]])
+def test_a_dir_that_is_a_file_is_one_line(tmp_path, capsys, verb):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine\n")
+    status = main(["exercise", *verb, "--dir", str(taken)])
+    out, err = capsys.readouterr()
+    assert status == 2 and len(err.splitlines()) == 1, out + err
+    assert f"error: the workspace {taken} is a file: expected a folder" in err
+    assert taken.read_text() == "mine\n"
+
+
+def test_an_exit_in_the_students_file_is_an_error_not_a_pass(tmp_path, capsys):
+    """exit(0) would end npgpt with status 0 and nothing said: a pass that is not one."""
+    ws = str(tmp_path)
+    _cli(capsys, "start", "relu", "--dir", ws)
+    path = Workspace(ws).path(get("relu"))
+    path.write_text(path.read_text() + "\nimport sys\nsys.exit(0)\n")
+    status, out = _cli(capsys, "check", "--dir", ws)
+    assert status == 2 and "running the file called exit(0)" in out and "ERROR" in out
+    path.write_text(path.read_text().replace("sys.exit(0)", "").replace(
+        'raise NotImplementedError("write relu_backward: return dx")', "exit(3)"))
+    status, out = _cli(capsys, "check", "--dir", ws)
+    assert status == 2 and "relu_backward (line" in out and "called exit(3): expected it to return" in out
+
+
+def test_the_docs_say_the_catalogues_true_size():
+    """README.md and docs/exercises.md quote the number of catalogued mistakes, and the docs
+    table the number per exercise: both are the catalogue's own, so they cannot go stale."""
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    page = (ROOT / "docs" / "exercises.md").read_text(encoding="utf-8")
+    assert re.findall(r"which of (\d+) catalogued classic mistakes", readme) == [str(mistake_count())]
+    assert re.findall(r"from a catalogue of (\d+)", " ".join(page.split())) == [str(mistake_count())]
+    table = dict(re.findall(r"^\| \d+ \| `(\w+)` \| .* \| (\d+) \|$", page, re.M))
+    assert table == {ex.name: str(len(ex.mistakes)) for ex in EXERCISES}

@@ -80,3 +80,11 @@ def test_cli_prints_the_table_and_exits_zero(capsys):
 def test_cli_rejects_an_unknown_layer(capsys):
     assert main(["gradcheck", "--layer", "no-such-layer"]) == 2
     assert "matches no layer" in capsys.readouterr().err
+
+
+def test_summary_line_says_one_tensor_of_one_layer():
+    row = dict(layer="Linear", tensor="weight", shape=(2, 2), tolerance=1e-7, error=0.0,
+               element_error=0.0, passed=True)
+    assert gradcheck.summary_line([row]).startswith("1/1 tensor of 1 layer within tolerance")
+    two = [row, dict(row, tensor="bias"), dict(row, layer="ReLU", passed=False)]
+    assert gradcheck.summary_line(two).startswith("2/3 tensors of 2 layers within tolerance")

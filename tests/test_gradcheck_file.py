@@ -2,13 +2,18 @@
 user's file can be unusable, each with a message that names the function, the line and what
 was expected (never a traceback through npgpt)."""
 
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from npgpt import gradcheck
 from npgpt.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Four layers of our own invention: a function of one input, one of two inputs and a number,
 # a bilinear form of three inputs, and a Module with a parameter.
@@ -184,6 +189,19 @@ BAD = {
             ["dw holds 12 NaN or inf"]),
     "inputs not a list": (FUNC.format(BODY="return None, None", INPUTS="{'x': 1}"), 2,
                           ["twice_inputs returned dict: expected a list of the forward's inputs"]),
+    "one gradient of two": (FUNC.format(BODY="return (2 * dout @ w.T,)", INPUTS=INPUTS), 2,
+                            ["twice_backward (line 9) returned 1 gradient: expected 2, one per input"]),
+    # exit() would end npgpt with the file's status and no word: exit(0) reads as a pass
+    "exits on import": ("import sys\nsys.exit(0)\n", 2,
+                        ["bad.py: running the file called exit(0): expected it to define its layers",
+                         "at line 2 of bad.py: sys.exit(0)"]),
+    "backward exits": (FUNC.format(BODY="exit(3)", INPUTS=INPUTS), 2,
+                       ["twice_backward (line 9) called exit(3): expected it to return",
+                        "at line 11 of bad.py: exit(3)"]),
+    "float32 inputs": (FUNC.format(BODY="return 2 * dout @ w.T, 2 * x.T @ dout",
+                                   INPUTS=INPUTS.replace("))", ")).astype(np.float32)")), 2,
+                       ["twice_inputs returned no float64 array: only float64 inputs are checked "
+                        "(x is float32, w is float32)"]),
 }
 
 
@@ -291,3 +309,169 @@ def test_a_layer_with_nothing_to_check(tmp_path, capsys):
     ''')
     status, _, err = run(capsys, path)
     assert status == 2 and "count: nothing to check: expected a float64 input or parameter" in err
+
+
+def test_a_backward_may_change_dout_in_place(tmp_path, capsys):
+    """The checker gives the backward a copy of dout: `dout *= ...; return dout` is a correct
+    gradient (the numerical one still uses the dout as drawn), with a note on the habit."""
+    path = write(tmp_path, '''
+        import numpy as np
+        from npgpt.nn import Module, Parameter
+
+        def sq_forward(x):
+            return x * x, x
+
+        def sq_backward(dout, x):
+            dout *= 2 * x
+            return dout
+
+        def sq_inputs(rng):
+            return [rng.standard_normal((3,))]
+
+        class Scale(Module):
+            def __init__(self):
+                super().__init__()
+                self.s = Parameter(np.array([0.3, -1.2, 2.0]))
+
+            def example_inputs(self, rng):
+                return [rng.standard_normal((5, 3))]
+
+            def forward(self, x):
+                self.x = x
+                return x * self.s.data
+
+            def backward(self, dout):
+                self.s.grad += (dout * self.x).sum(0)
+                dout *= self.s.data
+                return dout
+    ''')
+    status, out, err = run(capsys, path)
+    assert status == 0 and "FAIL" not in out, out + err
+    assert "note: sq: sq_backward (line 8) changed dout in place: harmless here" in out, out
+    assert "note: Scale: Scale.backward (line 27) changed dout in place" in out
+
+
+def test_summary_counts_one_tensor_of_one_layer(tmp_path, capsys):
+    status, out, _ = run(capsys, write(tmp_path, RIGHT), "--layer", "swish")
+    assert status == 0 and "1/1 tensor of 1 layer within tolerance" in out
+
+
+MODULE = '''
+import numpy as np
+from npgpt.nn import Module, Parameter
+
+
+class Scale(Module):
+    def __init__(self):
+        super().__init__()
+        self.s = Parameter(np.array([0.3, -1.2, 2.0]))
+
+    def example_inputs(self, rng):
+        return [rng.standard_normal((5, 3))]
+
+    def forward(self, x):
+        self.x = x
+        return np.sin(x) * self.s.data
+
+    def backward(self, dout):
+        {GRAD}
+        return dout * self.s.data * np.cos(self.x)
+'''
+
+
+@pytest.mark.parametrize("grad,status,message", [
+    ("self.s.grad += (dout * np.sin(self.x)).sum(0)", 0, None),
+    ("self.s.grad = (dout * np.sin(self.x)).sum(0)", 1,
+     "ds: replaced, not accumulated (use +=): after Scale.backward (line 18), s.grad is the gradient alone"),
+    ("self.s.grad[...] = (dout * np.sin(self.x)).sum(0)", 1, "ds: replaced, not accumulated (use +=)"),
+    ("self.s.grad = self.s.grad + (dout * np.sin(self.x)).sum(0)", 0,
+     "note: Scale: Scale.backward (line 18) rebound s.grad to a new array"),
+])
+def test_a_module_must_accumulate_into_grad(tmp_path, capsys, grad, status, message):
+    """.grad is prefilled with random values before the backward, as another use of the
+    parameter would leave it: assigning the gradient (=) instead of adding it (+=) fails."""
+    got, out, err = run(capsys, write(tmp_path, MODULE.format(GRAD=grad)))
+    assert got == status, out + err
+    if message:
+        assert message in out, out
+    rows = {tuple(line.split()[:2]): line.split()[-1] for line in out.splitlines() if line.count("  ") > 2}
+    assert rows[("Scale", "x")] == "pass"
+
+
+def test_npgpts_own_modules_pass_as_user_modules(tmp_path, capsys):
+    """npgpt's layers accumulate into .grad, so subclassed in a user's file they pass the
+    prefilled check (and a tied use, two backwards into one .grad, adds up)."""
+    path = write(tmp_path, '''
+        import numpy as np
+        from npgpt import nn
+
+        class MyLinear(nn.Linear):
+            def __init__(self):
+                super().__init__(4, 3, dtype="float64", rng=np.random.default_rng(1), std=0.5)
+
+            def example_inputs(self, rng):
+                return [rng.standard_normal((2, 5, 4))]
+
+        class MyNorm(nn.LayerNorm):
+            def __init__(self):
+                super().__init__(6, dtype="float64")
+                self.weight.data[...] = np.linspace(0.5, 1.5, 6)
+
+            def example_inputs(self, rng):
+                return [rng.standard_normal((2, 3, 6))]
+
+        class MyAttention(nn.MultiHeadAttention):
+            def __init__(self):
+                super().__init__(8, 2, causal=True, dtype="float64", rng=np.random.default_rng(2), std=0.5)
+
+            def example_inputs(self, rng):
+                return [rng.standard_normal((2, 4, 8))]
+
+        class MyEmbedding(nn.Embedding):
+            def __init__(self):
+                super().__init__(7, 5, dtype="float64", rng=np.random.default_rng(3), std=1.0)
+
+            def example_inputs(self, rng):
+                return [np.array([[1, 3, 3, 0], [6, 1, 1, 1]])]
+    ''')
+    status, out, err = run(capsys, path)
+    assert status == 0 and err == "" and "FAIL" not in out, out + err
+    for layer, tensor in [("MyLinear", "weight"), ("MyLinear", "bias"), ("MyNorm", "weight"),
+                          ("MyAttention", "x"), ("MyEmbedding", "weight")]:
+        assert any(line.split()[:2] == [layer, tensor] for line in out.splitlines()), (layer, tensor, out)
+
+
+def test_an_error_in_a_modules_backward_names_the_users_line(tmp_path, capsys):
+    """Module wraps forward and backward (nn/module.py): the line is the user's def, not the wrapper's."""
+    path = write(tmp_path, '''
+        import numpy as np
+        from npgpt.nn import Module, Parameter
+
+        class M(Module):
+            def __init__(self):
+                super().__init__()
+                self.w = Parameter(np.ones(3))
+
+            def example_inputs(self, rng):
+                return [rng.standard_normal((2, 3))]
+
+            def forward(self, x):
+                return x * self.w.data
+
+            def backward(self, dout):
+                raise KeyError("oops")
+    ''', "bad.py")
+    status, out, err = run(capsys, path)
+    assert status == 2, out + err
+    assert "M.backward (line 16) raised KeyError: 'oops'" in err and "at line 17 of bad.py" in err
+
+
+def test_a_reader_that_closes_the_pipe_gets_no_traceback(tmp_path):
+    """`npgpt gradcheck | head -1`, the reader gone before npgpt writes: a quiet exit 141."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "NPGPT_BACKEND": "numpy"}
+    for argv in (["gradcheck"], ["gradcheck", "--file", write(tmp_path, RIGHT)]):
+        child = subprocess.Popen([sys.executable, "-m", "npgpt", *argv], cwd=ROOT, env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        child.stdout.close()
+        err = child.stderr.read().decode()
+        assert child.wait(timeout=120) == 141 and "Traceback" not in err and err == "", (argv, err)

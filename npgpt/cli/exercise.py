@@ -15,15 +15,18 @@ watch: 0 pass, 1 fail or not written yet, 2 the file cannot be checked.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import inspect
+import shlex
+import sys
 import textwrap
 import time
 from pathlib import Path
 
 from ..exercises.catalog import EXERCISES, get, mistake_count, names, number
 from ..exercises.practice import format_outcome, run_check, template_module
-from ..exercises.workspace import DEFAULT_DIR, Workspace
+from ..exercises.workspace import DEFAULT_DIR, Workspace, WorkspaceError
 
 
 def add(sub) -> None:
@@ -65,11 +68,25 @@ def add(sub) -> None:
     q.set_defaults(run=run_solution)
 
 
+def _workspace_errors(run):
+    """run, with a workspace that cannot be used (--dir names a file) said in one line, exit 2."""
+    @functools.wraps(run)
+    def guarded(args) -> int:
+        try:
+            return run(args)
+        except WorkspaceError as e:
+            prog = " ".join(["npgpt exercise", *([args.verb] if getattr(args, "verb", None) else [])])
+            print(f"{prog}: error: {e}", file=sys.stderr)
+            return 2
+    return guarded
+
+
 def _pick(args, ws: Workspace):
     """The exercise named on the command line, else the current one."""
     return get(args.name) if getattr(args, "name", None) else ws.current()
 
 
+@_workspace_errors
 def run_next(args) -> int:
     ws = Workspace(args.dir)
     ex = ws.next_pending()
@@ -87,6 +104,7 @@ def run_next(args) -> int:
     return 0
 
 
+@_workspace_errors
 def run_list(args) -> int:
     if args.catalog:
         return _print_catalog()
@@ -113,6 +131,7 @@ def _wrap(text: str, first: str, rest: str) -> str:
     return textwrap.fill(text, 100, initial_indent=first, subsequent_indent=rest)
 
 
+@_workspace_errors
 def run_start(args) -> int:
     ws = Workspace(args.dir)
     ex = get(args.name)
@@ -133,6 +152,7 @@ def check_once(ws: Workspace, ex, seed: int = 0):
     return outcome
 
 
+@_workspace_errors
 def run_check_command(args) -> int:
     ws = Workspace(args.dir)
     ex = _pick(args, ws)
@@ -140,12 +160,14 @@ def run_check_command(args) -> int:
         print(f"All {len(EXERCISES)} exercises pass: name one to check it again.")
         return 0
     if not ws.path(ex).exists():
+        where = f" --dir {shlex.quote(str(args.dir))}" if args.dir != DEFAULT_DIR else ""
         print(f"npgpt exercise check: error: {ws.path(ex)} does not exist: start it with "
-              f"`npgpt exercise start {ex.name}`" + (f" --dir {args.dir}" if args.dir != DEFAULT_DIR else ""))
+              f"`npgpt exercise start {ex.name}{where}`")
         return 2
     return check_once(ws, ex, args.seed).exit_status
 
 
+@_workspace_errors
 def run_hint(args) -> int:
     ws = Workspace(args.dir)
     ex = _pick(args, ws)
@@ -218,5 +240,6 @@ def watch(ws: Workspace, seed: int = 0, interval: float = 0.5, max_checks: int |
     return 0
 
 
+@_workspace_errors
 def run_watch(args) -> int:
     return watch(Workspace(args.dir), interval=args.interval, max_checks=args.max_checks)

@@ -4,7 +4,12 @@ errors of npgpt.gradcheck and the arrays kept for the diagnosis.
 Every call into the user's code goes through userfile.call, so a failure names the user's
 function and line. A wrong gradient (wrong values, wrong shape, NaN) is a failed row; a file
 that cannot be run (a forward that raises or returns no (out, cache), a wrong number of
-gradients) raises userfile.Unusable.
+gradients, no float64 input) raises userfile.Unusable.
+
+What the user's code receives cannot change what it is checked against: the backward gets a
+copy of dout (the numerical gradient uses the one drawn), and a Module's .grad arrays hold
+random values before its backward, so that what is compared is what the backward added, and a
+backward that assigns (p.grad = ...) instead of adding (p.grad += ...) fails.
 """
 
 from __future__ import annotations
@@ -85,6 +90,31 @@ def as_inputs(value, what: str) -> list:
     return [a.copy() if isinstance(a, np.ndarray) else a for a in value]
 
 
+def plural(n: int, word: str) -> str:
+    """'1 gradient', '2 gradients'."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def some_float64(inputs: list, names: list[str], what: str) -> None:
+    """Unusable when no input is float64 but some are float arrays of another dtype: only float64
+    ones are checked, and a float32 x would otherwise be skipped and its gradient miscounted."""
+    if any(is_checked(x) for x in inputs):
+        return
+    others = [f"{name} is {x.dtype}" for name, x in zip(names, inputs)
+              if isinstance(x, np.ndarray) and x.dtype.kind == "f"]
+    if others:
+        raise Unusable(f"{what} returned no float64 array: only float64 inputs are checked "
+                       f"({', '.join(others)}): expected them in float64 (float32 central "
+                       f"differences are dominated by rounding)")
+
+
+def changed_dout(what: str) -> str:
+    """The note for a backward that wrote into its dout (the check passed it a copy)."""
+    return (f"{what} changed dout in place: harmless here (it got a copy), but where dout also "
+            f"flows elsewhere (a residual branch) the other use would read your changed values: "
+            f"write dx = dout * ..., not dout *= ...")
+
+
 def per_input(grads, inputs: list, what: str, signature: str) -> tuple:
     """One gradient per input, from a tuple (or list) of them, or from a single array when one
     input is checked (None when none is)."""
@@ -98,7 +128,7 @@ def per_input(grads, inputs: list, what: str, signature: str) -> tuple:
     if len(floats) == 1 and (not isinstance(grads, tuple) or len(grads) == 1):
         single = grads[0] if isinstance(grads, tuple) else grads
         return tuple(single if i == floats[0] else None for i in range(len(inputs)))
-    got = f"{len(grads)} gradients" if isinstance(grads, tuple) else f"a single {type(grads).__name__}"
+    got = plural(len(grads), 'gradient') if isinstance(grads, tuple) else f"a single {type(grads).__name__}"
     raise Unusable(f"{what} returned {got}: expected {len(inputs)}, one per input of {signature} "
                    f"(a tuple, None for an input without a gradient)")
 
@@ -157,13 +187,17 @@ def check_function(layer: str, forward, backward, inputs_fn, path, seed: int = 0
     inputs = as_inputs(call(inputs_fn, f"{layer}_inputs", path, np.random.default_rng(seed)),
                        f"{layer}_inputs")
     names = input_names(forward, len(inputs))
+    some_float64(inputs, names, f"{layer}_inputs")
     result = Result(layer, inputs=inputs)
     before = [a.copy() if isinstance(a, np.ndarray) else a for a in inputs]
     out, cache = check_forward_output(call(forward, fwd, path, *result.fresh_inputs()), fwd, True)
     unchanged(before, inputs, names, fwd)
     result.dout = gradcheck.upstream_rng(seed).standard_normal(np.shape(out))
     signature = f"{layer}_forward({', '.join(names)})"
-    grads = per_input(call(backward, bwd, path, result.dout, cache, backward=True), inputs, bwd, signature)
+    dout = result.dout.copy()              # the backward's own: writing into it changes nothing here
+    grads = per_input(call(backward, bwd, path, dout, cache, backward=True), inputs, bwd, signature)
+    if not np.array_equal(dout, result.dout):
+        result.notes.append(changed_dout(bwd))
     f = lambda: call(forward, fwd, path, *result.fresh_inputs())[0]     # noqa: E731 -- reads x
     for i, (name, x, g) in enumerate(zip(names, inputs, grads)):
         if isinstance(x, np.ndarray) and x.dtype.kind == "f" and not is_checked(x):
@@ -187,8 +221,9 @@ def _generators(module) -> dict:
 
 def check_module_class(cls, path, seed: int = 0, tol: float = gradcheck.TOLERANCES["smooth"]) -> Result:
     """Check a Module subclass: built with cls(), fed cls.example_inputs(rng); its input
-    gradients (what backward returns) and every trainable parameter's .grad. Generators held by
-    the module or passed in are reset before every forward, so dropout draws the same mask."""
+    gradients (what backward returns) and every trainable parameter's .grad, which backward must
+    add to (prefill_grads). Generators held by the module or passed in are reset before every
+    forward, so dropout draws the same mask."""
     layer = cls.__name__
     module = call(cls, f"{layer}() (building it with no arguments)", path)
     inputs = as_inputs(call(module.example_inputs, f"{layer}.example_inputs", path,
@@ -210,14 +245,62 @@ def check_module_class(cls, path, seed: int = 0, tol: float = gradcheck.TOLERANC
     out, _ = check_forward_output(forward(), fwd, False)
     result.dout = gradcheck.upstream_rng(seed).standard_normal(np.shape(out))
     module.zero_grad()
-    grads = call(module.backward, bwd, path, result.dout, backward=True)
+    before = prefill_grads(module, seed)
+    dout = result.dout.copy()              # the backward's own: writing into it changes nothing here
+    grads = call(module.backward, bwd, path, dout, backward=True)
+    if not np.array_equal(dout, result.dout):
+        result.notes.append(changed_dout(bwd))
     if any(is_checked(x) for x in inputs):
         grads = per_input(grads, inputs, bwd, f"{layer}.forward({', '.join(names)})")
         for i, (name, x, g) in enumerate(zip(names, inputs, grads)):
             if is_checked(x) and g is not None:
                 result.tensors.append(compare_tensor(layer, name, i, x, g, forward, result.dout, tol))
+    result.notes += [f"{name} is {x.dtype}: not checked (float64 arrays are)" for name, x in zip(names, inputs)
+                     if isinstance(x, np.ndarray) and x.dtype.kind == "f" and not is_checked(x)]
     for name, p in module.named_parameters():
         if p.requires_grad:
-            result.tensors.append(compare_tensor(layer, name, name, p.data, p.grad.copy(), forward,
-                                                 result.dout, tol))
+            array, filled = before.get(name, (None, None))
+            t = compare_tensor(layer, name, name, p.data, _added(p.grad, filled), forward, result.dout, tol)
+            result.tensors.append(_replaced(t, p.grad, name, bwd))
+            if array is not None and p.grad is not array and t.row["passed"]:
+                result.notes.append(f"{bwd} rebound {name}.grad to a new array: add into the one it "
+                                    f"has ({name}.grad += ...): an optimizer holds that array, and "
+                                    f"would not see the new one")
     return result
+
+
+def prefill_grads(module, seed: int) -> dict:
+    """Fill each trainable parameter's .grad with random values before the backward, as another
+    use of the parameter (a tied weight, an earlier micro-batch) would have: a backward must add
+    to .grad (+=), and one that assigns (=) shows only when .grad is not zero.
+    {name: (the .grad array, a copy of its prefilled values)}."""
+    rng = np.random.default_rng([seed, 0x6772616473])
+    before = {}
+    for name, p in module.named_parameters():
+        if p.requires_grad and isinstance(p.grad, np.ndarray) and p.grad.shape == p.shape \
+                and p.grad.dtype == np.float64 and p.grad.flags.writeable:
+            p.grad[...] = rng.standard_normal(p.shape)
+            before[name] = (p.grad, p.grad.copy())
+    return before
+
+
+def _added(grad, filled):
+    """What the backward added to a prefilled .grad; .grad itself where nothing was prefilled or
+    it is no longer a float array of that shape (compare_tensor then says what it is)."""
+    if filled is not None and isinstance(grad, np.ndarray) and grad.dtype.kind == "f" \
+            and grad.shape == filled.shape:
+        return grad - filled
+    return grad
+
+
+def _replaced(t: Tensor, grad, name: str, bwd: str) -> Tensor:
+    """t, its problem said plainly when .grad alone, not what was added to it, is the gradient:
+    the backward assigned instead of accumulating."""
+    if t.row["passed"] or t.problem or not isinstance(grad, np.ndarray) or grad.shape != t.numeric.shape:
+        return t
+    if gradcheck.compare(grad, t.numeric, t.row["tolerance"])["passed"]:
+        t.problem = (f"d{name}: replaced, not accumulated (use +=): after {bwd}, {name}.grad is "
+                     f"the gradient alone, and what it held is lost (the check filled it with random "
+                     f"values first, as another use of {name} would: a tied weight, an earlier "
+                     f"micro-batch): write {name}.grad += ..., not {name}.grad = ...")
+    return t

@@ -75,6 +75,10 @@ def load(path) -> types.ModuleType:
     sys.path.insert(0, str(path.resolve().parent))
     try:
         exec(code, module.__dict__)
+    except SystemExit as e:
+        raise Unusable(f"{path}: running the file {_exited(e)}: expected it to define its layers and "
+                       f"return (a script's exit belongs under `if __name__ == \"__main__\":`)"
+                       f"{where(e, path)}") from None
     except Exception as e:
         raise Unusable(f"{path}: running the file raised {_exception(e)}{where(e, path)}") from None
     finally:
@@ -93,6 +97,12 @@ def _exception(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
+def _exited(e: SystemExit) -> str:
+    """'called exit(3)': a SystemExit (sys.exit, exit, quit) said as what the code did. Caught,
+    because it would end npgpt with the user's status and no word (exit(0): a false success)."""
+    return f"called exit({'' if e.code is None else repr(e.code)})"
+
+
 def where(e: BaseException, path) -> str:
     """' at line N: `code`' for the innermost frame of the traceback in the user's file."""
     target = Path(path).resolve()
@@ -104,20 +114,29 @@ def where(e: BaseException, path) -> str:
 
 
 def line_of(fn) -> int:
-    """The line of a function's `def` (0 when unknown)."""
-    code = getattr(fn, "__code__", None) or getattr(getattr(fn, "__func__", None), "__code__", None)
+    """The line of a function's `def` (0 when unknown): of the function the user wrote, so a
+    bound method is taken to its function and a wrapper (Module wraps every forward and backward,
+    nn/module.py) to what it wraps, through __wrapped__."""
+    fn = getattr(fn, "__func__", fn)
+    try:
+        fn = inspect.unwrap(fn)
+    except ValueError:                       # a cycle of __wrapped__: keep the outermost
+        pass
+    code = getattr(fn, "__code__", None)
     return code.co_firstlineno if code is not None else 0
 
 
 def call(fn, what: str, path, *args, backward: bool = False):
     """fn(*args), with an error from the user's code turned into Unusable (or NotWritten for a
-    backward that still raises NotImplementedError)."""
+    backward that still raises NotImplementedError); an exit() too. Ctrl-C is left alone."""
     try:
         return fn(*args)
     except NotImplementedError as e:
         if backward:
             raise NotWritten(f"{what} is not written yet (it raises NotImplementedError)") from None
         raise Unusable(f"{what} raised {_exception(e)}{where(e, path)}") from None
+    except SystemExit as e:
+        raise Unusable(f"{what} {_exited(e)}: expected it to return{where(e, path)}") from None
     except Exception as e:
         raise Unusable(f"{what} raised {_exception(e)}{where(e, path)}") from None
 

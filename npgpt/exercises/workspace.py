@@ -22,9 +22,25 @@ DEFAULT_DIR = "exercises"
 PROGRESS = "progress.json"
 
 
+class WorkspaceError(Exception):
+    """The workspace folder cannot be used (it is a file, it cannot be made or written): the
+    message names it and says why."""
+
+
 class Workspace:
     def __init__(self, root=DEFAULT_DIR):
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise WorkspaceError(f"the workspace {self.root} is a file: expected a folder for the "
+                                 f"exercise files (--dir names it; one that does not exist is made)")
+
+    def _make(self) -> None:
+        """Make the folder (and its parents), an OSError said as a WorkspaceError."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WorkspaceError(f"the workspace {self.root} cannot be made ({e.strerror}): "
+                                 f"expected a folder, or a path where one can be made") from None
 
     def path(self, ex: Exercise) -> Path:
         return self.root / f"{number(ex.name):02d}_{ex.name}.py"
@@ -35,13 +51,15 @@ class Workspace:
         path = self.path(ex)
         created = False
         if not path.exists():
-            self.root.mkdir(parents=True, exist_ok=True)
+            self._make()
             try:
                 with open(path, "x", encoding="utf-8") as f:       # "x": never over a file
                     f.write(ex.template.read_text(encoding="utf-8"))
                 created = True
             except FileExistsError:
                 pass
+            except OSError as e:
+                raise WorkspaceError(f"{path} cannot be written ({e.strerror})") from None
         self.update(current=ex.name)
         return created
 
@@ -59,8 +77,11 @@ class Workspace:
 
     def update(self, **changes) -> None:
         data = {**self.progress(), **changes}
-        self.root.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.root / PROGRESS, json.dumps(data, indent=1, sort_keys=True) + "\n")
+        self._make()
+        try:
+            write_atomic(self.root / PROGRESS, json.dumps(data, indent=1, sort_keys=True) + "\n")
+        except OSError as e:
+            raise WorkspaceError(f"{self.root / PROGRESS} cannot be written ({e.strerror})") from None
 
     def _hash(self, ex: Exercise) -> str | None:
         try:
