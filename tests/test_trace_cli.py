@@ -1,9 +1,11 @@
 """`npgpt trace`: the terminal view, --depth, --json (to a file and to stdout, read back), --html,
---compare torch, a Transformer, a checkpoint's next step, and the errors (one line, exit 2)."""
+--compare torch (and without PyTorch), a Transformer, a checkpoint's next step (a seq2seq run's:
+its own task and next batch), and the errors (one line, exit 2)."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -14,8 +16,9 @@ from npgpt.cli import main
 from npgpt.data import Seq2SeqVocab
 from npgpt.optim import AdamW
 from npgpt.trace.step import Trace
-from npgpt.trace.subject import TraceConfig
+from npgpt.trace.subject import TraceConfig, prepare
 from npgpt.trace.terminal import render_terminal
+from npgpt.trainer import read_log
 
 SMALL = ["--n-embd", "8", "--block-size", "8"]
 
@@ -90,6 +93,54 @@ def test_a_transformer_checkpoint(tmp_path, capsys):
     assert main(["trace", "--checkpoint", str(path), "--depth", "1"]) == 0
     out = capsys.readouterr().out
     assert "Transformer, 1+1 layers" in out and "post-LN" in out and "encoder.0" in out
+    assert "records no `npgpt seq2seq train` run" in out              # hence the reverse task
+    assert main(["trace", "--checkpoint", str(path), "--data", "x.txt"]) == 2   # a GPT's flag: refused
+    err = capsys.readouterr().err
+    assert err.startswith("npgpt trace: error: --data 'x.txt'") and err.count("\n") == 1
+
+
+SEQ2SEQ = ["--n-test", "4", "--d-model", "16", "--n-head", "2", "--layers", "1", "--batch-size", "8",
+           "--eval-interval", "0", "--examples", "0"]
+
+
+def test_a_seq2seq_checkpoint_traces_its_runs_next_batch(tmp_path, capsys):
+    """The trace of an `npgpt seq2seq train --task addition` checkpoint draws the run's own next
+    batch: sources "a+b" of the addition vocabulary, and the loss the run then logs for that step."""
+    run = tmp_path / "run"
+    assert main(["seq2seq", "train", "--task", "addition", "--n-digits", "2", "--n-train", "200",
+                 *SEQ2SEQ, "--max-iters", "2", "--out", str(run)]) == 0
+    src = prepare(TraceConfig(checkpoint=str(run))).batch[0]
+    plus = Seq2SeqVocab("0123456789+").encode("+")[0]
+    assert src.shape[0] == 8 and ((src == plus).sum(axis=1) == 1).all()      # one '+' in every source
+    page = tmp_path / "t.json"
+    assert main(["trace", "--checkpoint", str(run), "--json", str(page)]) == 0
+    meta = json.loads(page.read_text())["meta"]
+    assert "task 'addition'" in meta["data"] and "the run's next batch" in meta["data"]
+    assert main(["seq2seq", "train", "--resume", "--out", str(run), "--max-iters", "3"]) == 0
+    step = read_log(run / "log.jsonl")[-1]                   # the run's own step 3, taken after
+    assert step["step"] == 3 and np.isclose(meta["loss"], step["loss"], rtol=1e-6, atol=0)
+
+
+def test_a_seq2seq_checkpoint_whose_data_is_gone(tmp_path, capsys):
+    tsv, run = tmp_path / "pairs.tsv", tmp_path / "run"
+    tsv.write_text("".join(f"{w}\t{w[::-1]}\n" for w in ("abc", "ab", "ba", "cab", "bca", "acb", "cc", "a")))
+    assert main(["seq2seq", "train", "--data", str(tsv), "--test-fraction", "0.25", *SEQ2SEQ[2:],
+                 "--max-iters", "1", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["trace", "--checkpoint", str(run), "--depth", "0"]) == 0
+    assert f"pairs of {str(tsv)!r}" in capsys.readouterr().out
+    tsv.unlink()
+    assert main(["trace", "--checkpoint", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("npgpt trace: error: --checkpoint") and "was trained on --data" in err
+    assert str(tsv) in err and err.count("\n") == 1
+
+
+def test_compare_torch_without_pytorch(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch", None)           # as if it were not installed
+    assert main(["trace", *SMALL, "--compare", "torch"]) == 2
+    err = capsys.readouterr().err
+    assert err == "npgpt trace: error: --compare torch needs PyTorch, which is not installed: pip install torch\n"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -98,6 +149,8 @@ def test_a_transformer_checkpoint(tmp_path, capsys):
     (["--n-embd", "9", "--n-head", "2"], "n_embd=9 is not divisible by n_head=2"),
     (["--batch-size", "0"], "batch_size=0 (--batch-size): expected a positive integer"),
     (["--data", "no/such.txt"], "no/such.txt"),
+    (["--model", "transformer", "--data", "x.txt"], "(--data): expected no --data with --model transformer"),
+    (["--checkpoint", "x", "--preset", "baby"], "no --preset with it"),
 ])
 def test_errors_are_one_line_and_exit_2(argv, message, capsys):
     assert main(["trace", *argv]) == 2

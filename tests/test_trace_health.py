@@ -85,3 +85,34 @@ def test_plot_errors(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)      # as if it were not installed
     assert main(["plot", str(tmp_path)]) == 2
     assert capsys.readouterr().err == "npgpt plot: matplotlib is not installed: pip install matplotlib\n"
+
+
+def test_plot_into_a_missing_folder_is_refused_before_drawing(run_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)      # drawing would fail: it is never reached
+    out = tmp_path / "missing" / "dir" / "x.png"
+    assert main(["plot", str(run_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"npgpt plot: error: --out {str(out)!r}: the folder ") and "does not exist" in err
+    assert err.count("\n") == 1 and not out.parent.exists()
+
+
+def test_plot_writes_its_png_atomically(run_dir, tmp_path, capsys, monkeypatch):
+    """A failure while the PNG is written (a full disk) leaves the earlier picture whole."""
+    figure = pytest.importorskip("matplotlib.figure")
+    out = tmp_path / "x.png"
+    assert main(["plot", str(run_dir), "--out", str(out)]) == 0
+    before = out.read_bytes()
+    real = figure.Figure.savefig
+
+    def half_then_full_disk(self, fname, *args, **kwargs):     # writes part of the PNG, then fails
+        real(self, fname, *args, **kwargs)
+        if hasattr(fname, "truncate"):
+            fname.truncate(100)
+        else:
+            with open(fname, "r+b") as f:
+                f.truncate(100)
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(figure.Figure, "savefig", half_then_full_disk)
+    assert main(["plot", str(run_dir), "--out", str(out)]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]

@@ -33,7 +33,10 @@ def run(args) -> int:
         cfg = TraceConfig(**config_flags(args, TraceConfig))
         trace = run_trace(cfg)
     except ModuleNotFoundError as e:
-        print(f"npgpt trace: error: --compare torch needs PyTorch ({e}): pip install torch", file=sys.stderr)
+        if (e.name or "").split(".")[0] != "torch":       # not PyTorch: a real bug, shown in full
+            raise
+        print("npgpt trace: error: --compare torch needs PyTorch, which is not installed: pip install torch",
+              file=sys.stderr)
         return 2
     except (ValueError, TypeError, OSError, RuntimeError, KeyError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e

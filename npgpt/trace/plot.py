@@ -7,13 +7,16 @@ Four panels share the step axis: the training loss (and the validation loss wher
 measured); each layer's activation std; each layer's gradient norm (log scale); each layer's
 update-to-weight ratio (log scale, with the 1e-3 that Karpathy's lectures give as a rule of
 thumb for a healthy rate of learning). A run without health records gets the loss panel alone.
-matplotlib is an optional dependency, imported only here.
+matplotlib is an optional dependency, imported only here. The PNG's folder is checked before
+anything is drawn, and the picture is written atomically (npgpt.files): never half a PNG.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+from ..files import write_atomic
 from ..trainer import LOG_NAME, read_log
 
 PLOT_NAME = "plot.png"
@@ -43,12 +46,26 @@ def _series(records, key: str) -> dict:
     return out
 
 
+def _plot_target(log: Path, out=None) -> Path:
+    """Where the PNG goes: out, or the run's folder/plot.png; a folder that does not exist (or
+    out naming a folder) is an error before anything is drawn."""
+    target = Path(out) if out is not None else log.parent / PLOT_NAME
+    folder = target.resolve().parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--out {str(target)!r}: the folder {str(folder)!r} does not exist "
+                                f"(checked before drawing): expected a PNG file in an existing folder")
+    if target.is_dir():
+        raise IsADirectoryError(f"--out {str(target)!r} is a folder: expected a PNG file name")
+    return target
+
+
 def plot_run(run, out=None) -> Path:
     """Draw RUN's log (see the module docstring) to out (default: RUN/plot.png); return its path."""
+    log = log_path(run)
+    target = _plot_target(log, out)
     import matplotlib  # optional heavy dependency: only `npgpt plot` draws
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # optional heavy dependency (see above)
-    log = log_path(run)
     records = [r for r in read_log(log) if "loss" in r and "step" in r]
     if not records:
         raise ValueError(f"{str(log)!r} holds no training steps yet: nothing to plot")
@@ -81,7 +98,10 @@ def plot_run(run, out=None) -> Path:
         ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, ncol=1 + len(ax.lines) // 14)
     axes[-1].set_xlabel("step")
     fig.tight_layout()
-    target = Path(out) if out is not None else log.parent / PLOT_NAME
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
+    png = io.BytesIO()
+    try:
+        fig.savefig(png, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    write_atomic(target, png.getvalue())        # never a half-written picture
     return target

@@ -9,7 +9,11 @@ of the text) and reads a batch of random windows of the text; a new Transformer 
 sizes (d_model = n_embd, n_layer encoder and n_layer decoder layers, d_ff = 4 n_embd, max_len =
 block_size) and reads a batch of the reverse task on random symbol strings. With --checkpoint,
 the model, its tokenizer or vocabulary, and, when the file holds AdamW's state, the optimizer
-continue that run's: the traced step is the run's next one.
+continue that run's: the traced step is the run's next one. A checkpoint of `npgpt seq2seq
+train` also brings its data: the run's own pairs (its task, or its TSV file, rebuilt as the run
+built them), drawn by the run's saved batch sampler, so the traced batch is the one the run
+would train on next (its loss is that step's loss). A Transformer checkpoint that records no
+run gets the reverse task on its vocabulary.
 """
 
 from __future__ import annotations
@@ -28,12 +32,16 @@ from ..finetune.init import load_init
 from ..models.gpt import GPT
 from ..models.transformer import Transformer
 from ..optim import AdamW
+from ..runs.seq2seq import Seq2SeqConfig
+from ..runs.seq2seq_data import batch_fn, load_data
 from ..settings import BACKENDS, DTYPES, Checker, setting
 from ..tokenizers import CharTokenizer, tokenizer_from_dict
 from .compare import compare_with_torch
 from .step import Trace, trace_step
 
 MODELS = ("gpt", "transformer")
+PRESET = "gradcheck"       # the preset of a new model when --preset is not given
+BATCH_SIZE = 2             # sequences in a batch when --batch-size is not given (and no run says)
 _PRESET = "the preset's"
 TEXT_PREFIX = 200_000      # characters of the text a batch is drawn from (encoding all of it is slow)
 _OPT = {"lr": 2e-3, "beta1": 0.9, "beta2": 0.99, "weight_decay": 0.1}     # for a new optimizer
@@ -50,8 +58,8 @@ class TraceConfig:
                                      shown="a new model")
     data: str | None = setting(None, "gpt: a UTF-8 text file to take the batch from", metavar="FILE",
                                shown="the built-in corpus")
-    preset: str = setting("gradcheck", "model preset (GPTConfig.preset); the size flags below override it",
-                          choices=tuple(sorted(GPT_PRESETS)))
+    preset: str | None = setting(None, "model preset of a new model (GPTConfig.preset); the size flags "
+                                       "below override it", choices=tuple(sorted(GPT_PRESETS)), shown=PRESET)
     n_layer: int | None = setting(None, "Transformer blocks (transformer: encoder and decoder layers each)",
                                   shown=_PRESET)
     n_head: int | None = setting(None, "attention heads per block", shown=_PRESET)
@@ -60,7 +68,8 @@ class TraceConfig:
     dropout: float | None = setting(None, "dropout probability", shown="the preset's or the checkpoint's")
     dtype: str | None = setting(None, "the parameters' and activations' dtype", choices=DTYPES,
                                 shown="float32, or the checkpoint's")
-    batch_size: int = setting(2, "sequences in the batch")
+    batch_size: int | None = setting(None, "sequences in the batch",
+                                     shown=f"{BATCH_SIZE}, or the run's for a checkpoint of `npgpt seq2seq train`")
     lr: float | None = setting(None, "AdamW learning rate", shown="2e-3, or the checkpoint's")
     beta1: float | None = setting(None, "AdamW beta1", shown="0.9, or the checkpoint's")
     beta2: float | None = setting(None, "AdamW beta2", shown="0.99, or the checkpoint's")
@@ -81,7 +90,7 @@ class TraceConfig:
     def __post_init__(self):
         check = Checker(self)
         check.integers("n_layer", "n_head", "n_embd", "block_size", unset=_PRESET)
-        check.integers("batch_size")
+        check.integers("batch_size", unset=f"{BATCH_SIZE}, or the run's")
         check.integers("seed", low=0)
         check.integers("depth", low=0, unset="all")
         check.numbers("grad_clip")
@@ -94,6 +103,12 @@ class TraceConfig:
             given = [f"--{k.replace('_', '-')}" for k in ("n_layer", "n_head", "n_embd") if getattr(self, k)]
             if given:
                 check.fail("checkpoint", f"no size flags with it (the checkpoint has its sizes): drop {given}")
+            if self.preset is not None:
+                check.fail("checkpoint", f"no --preset with it (the checkpoint has its sizes): drop "
+                                         f"--preset {self.preset}")
+        if self.model == "transformer" and self.data is not None:
+            check.fail("data", "no --data with --model transformer (--data is a GPT's text; the "
+                               "Transformer reads the reverse task): drop --data")
 
 
 @dataclass
@@ -137,6 +152,10 @@ def prepare(cfg: TraceConfig) -> Subject:
     if cfg.checkpoint is not None and saved is None and kind == "transformer":
         raise ValueError(f"--model transformer, but --checkpoint {cfg.checkpoint!r} is not an npgpt "
                          f"checkpoint (a GPT-2 folder holds a GPT): expected one of `npgpt seq2seq train`")
+    if kind == "transformer" and cfg.data is not None:
+        raise ValueError(f"--data {cfg.data!r} with --checkpoint {cfg.checkpoint!r}, a Transformer: --data "
+                         f"is a GPT's text, the Transformer reads its run's pairs (or the reverse "
+                         f"task): drop --data")
     subject = _transformer(cfg, saved) if kind == "transformer" else _gpt(cfg, saved)
     _configure_optimizer(cfg, subject, saved)
     subject.meta["dtype"] = str(subject.model.config.dtype)
@@ -170,9 +189,10 @@ def _gpt(cfg: TraceConfig, saved) -> Subject:
         tok = CharTokenizer.from_text(text)
         sizes = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout")
                  if getattr(cfg, k) is not None}
-        model = GPT(GPTConfig.preset(cfg.preset, vocab_size=tok.vocab_size, dtype=cfg.dtype or "float32",
+        preset = cfg.preset or PRESET
+        model = GPT(GPTConfig.preset(preset, vocab_size=tok.vocab_size, dtype=cfg.dtype or "float32",
                                      **sizes), seed=cfg.seed)
-        what = f"a new GPT of preset {cfg.preset!r} (seed {cfg.seed})"
+        what = f"a new GPT of preset {preset!r} (seed {cfg.seed})"
     mc = model.config
     T = min(cfg.block_size or mc.block_size, mc.block_size)
     try:
@@ -180,10 +200,11 @@ def _gpt(cfg: TraceConfig, saved) -> Subject:
     except (ValueError, KeyError) as e:
         raise ValueError(f"the checkpoint's tokenizer cannot encode {source} ({e}): pass --data, a "
                          f"text of the checkpoint's characters") from None
-    x, y = get_batch(ids, cfg.batch_size, T, np.random.default_rng(cfg.seed), source)
+    B = cfg.batch_size or BATCH_SIZE
+    x, y = get_batch(ids, B, T, np.random.default_rng(cfg.seed), source)
     meta = {"description": f"GPT, {mc.n_layer} layers, {mc.n_head} heads, {mc.n_embd} wide, context "
                            f"{mc.block_size}, vocabulary {mc.vocab_size}: {what}",
-            "data": f"{cfg.batch_size} x {T} tokens, random windows of {source} "
+            "data": f"{B} x {T} tokens, random windows of {source} "
                     f"({type(tok).__name__}); the targets are the next tokens",
             "inputs": ["idx", "targets"]}
     return Subject(model, (x, y), None, meta)
@@ -191,7 +212,7 @@ def _gpt(cfg: TraceConfig, saved) -> Subject:
 
 def _transformer_config(cfg: TraceConfig, vocab_size: int) -> TransformerConfig:
     """A new Transformer's config: the sizes of the preset and the flags (module docstring)."""
-    preset = {**{f.name: f.default for f in dataclasses.fields(GPTConfig)}, **GPT_PRESETS[cfg.preset]}
+    preset = {**{f.name: f.default for f in dataclasses.fields(GPTConfig)}, **GPT_PRESETS[cfg.preset or PRESET]}
     size = lambda name: getattr(cfg, name) if getattr(cfg, name) is not None else preset[name]   # noqa: E731
     return TransformerConfig(src_vocab_size=vocab_size, tgt_vocab_size=vocab_size, d_model=size("n_embd"),
                              n_head=size("n_head"), n_encoder_layers=size("n_layer"),
@@ -201,19 +222,66 @@ def _transformer_config(cfg: TraceConfig, vocab_size: int) -> TransformerConfig:
 
 
 def _transformer(cfg: TraceConfig, saved) -> Subject:
-    """A Transformer (new, or the checkpoint's) and a batch of the reverse task."""
+    """A Transformer (new, or the checkpoint's) and its batch: the run's next one for a checkpoint
+    of `npgpt seq2seq train`, else one of the reverse task (the module docstring)."""
     if saved is not None:
         changes = {k: getattr(cfg, k) for k in ("dtype", "dropout") if getattr(cfg, k) is not None}
         tc = TransformerConfig.from_dict(saved.meta["config"]).replace(**changes)
         model = Transformer(tc, seed=cfg.seed)
         model.load_state_dict(saved.model_state)
-        vocab = tokenizer_from_dict(saved.meta["vocab"]) if "vocab" in saved.meta else None
         what = f"npgpt checkpoint {str(saved.path)!r} (step {saved.meta.get('step')})"
     else:
-        vocab = Seq2SeqVocab(DIGITS)
-        tc = _transformer_config(cfg, vocab.size)
+        tc = _transformer_config(cfg, Seq2SeqVocab(DIGITS).size)
         model = Transformer(tc, seed=cfg.seed)
-        what = f"a new Transformer of the sizes of preset {cfg.preset!r} (seed {cfg.seed})"
+        what = f"a new Transformer of the sizes of preset {cfg.preset or PRESET!r} (seed {cfg.seed})"
+    if saved is not None and isinstance(saved.meta.get("seq2seq"), dict):
+        batch, data = _run_batch(cfg, saved, tc)
+    else:
+        batch, data = _reverse_batch(cfg, saved, tc)
+    V = min(tc.src_vocab_size, tc.tgt_vocab_size)
+    meta = {"description": f"Transformer, {tc.n_encoder_layers}+{tc.n_decoder_layers} layers, {tc.n_head} "
+                           f"heads, d_model {tc.d_model}, d_ff {tc.d_ff}, "
+                           f"{'pre' if tc.norm_first else 'post'}-LN, vocabulary {V}: {what}",
+            "data": f"{data}, padded to {batch.src.shape[1]} (source) and {batch.tgt_in.shape[1]} (target) "
+                    f"positions",
+            "inputs": list(batch._fields)}
+    return Subject(model, tuple(batch), None, meta)
+
+
+def _run_batch(cfg: TraceConfig, saved, tc: TransformerConfig):
+    """(the batch, in words) of the run of `npgpt seq2seq train` that saved the checkpoint: its
+    own training pairs, rebuilt from its settings as the run builds them (npgpt.runs.seq2seq_data:
+    npgpt.data's task generator, or its TSV file), drawn by its batch sampler's saved state. With
+    the run's batch size (the default) this is the batch the run trains on next."""
+    where = f"--checkpoint {str(cfg.checkpoint)!r}"
+    names = {f.name for f in dataclasses.fields(Seq2SeqConfig)}
+    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.meta["seq2seq"].items() if k in names}
+    run_cfg = Seq2SeqConfig(**settings)
+    try:
+        data = load_data(run_cfg)
+    except (OSError, ValueError) as e:
+        if run_cfg.data is None:
+            raise
+        raise ValueError(f"{where} was trained on --data {run_cfg.data!r}, which cannot be read ({e}): "
+                         f"expected the run's TSV file there, to draw the batch from") from None
+    recorded = saved.meta.get("data", {}).get("sha256")
+    if recorded is not None and recorded != data.sha256:
+        raise ValueError(f"{where}: {data.source} is not the data the run trained on (its SHA-256 "
+                         f"differs): expected the run's own file, to draw its batch from")
+    rng = np.random.default_rng(cfg.seed)
+    if "batch_rng" in saved.meta:
+        rng.bit_generator.state = saved.meta["batch_rng"]
+    B = cfg.batch_size or run_cfg.batch_size
+    batch = batch_fn(data.train, data.vocab, B, tc.max_len)(rng)
+    which = ("the run's next batch" if B == run_cfg.batch_size and "batch_rng" in saved.meta
+             else f"drawn by the run's batch sampler (its next batch has {run_cfg.batch_size})")
+    return batch, f"{batch.src.shape[0]} pairs of {data.source}, {which}"
+
+
+def _reverse_batch(cfg: TraceConfig, saved, tc: TransformerConfig):
+    """(a batch of the reverse task on random symbols of the model's vocabulary, in words): for a
+    new Transformer, or a checkpoint that records no run to take the data from."""
+    vocab = tokenizer_from_dict(saved.meta["vocab"]) if saved is not None and "vocab" in saved.meta else None
     V = min(tc.src_vocab_size, tc.tgt_vocab_size)
     specials = len(Seq2SeqVocab.SPECIALS)
     if V <= specials or tc.max_len < 3:
@@ -223,17 +291,12 @@ def _transformer(cfg: TraceConfig, saved) -> Subject:
     rng = np.random.default_rng(cfg.seed)
     L = tc.max_len - 1                              # a target and its end-of-sequence token fit
     pairs = []
-    for _ in range(cfg.batch_size):
+    for _ in range(cfg.batch_size or BATCH_SIZE):
         src = rng.integers(specials, V, size=int(rng.integers(max(1, L // 2), L + 1))).tolist()
         pairs.append((src, src[::-1]))
-    batch = pad_batch(pairs, vocab, tc.max_len)
-    meta = {"description": f"Transformer, {tc.n_encoder_layers}+{tc.n_decoder_layers} layers, {tc.n_head} "
-                           f"heads, d_model {tc.d_model}, d_ff {tc.d_ff}, "
-                           f"{'pre' if tc.norm_first else 'post'}-LN, vocabulary {V}: {what}",
-            "data": f"{cfg.batch_size} random sources of {L // 2}..{L} symbols and their reverses, padded "
-                    f"to {batch.src.shape[1]} (source) and {batch.tgt_in.shape[1]} (target) positions",
-            "inputs": list(batch._fields)}
-    return Subject(model, tuple(batch), None, meta)
+    why = "" if saved is None else " (the checkpoint records no `npgpt seq2seq train` run to take data from)"
+    return pad_batch(pairs, vocab, tc.max_len), (f"{len(pairs)} random sources of {L // 2}..{L} symbols "
+                                                 f"and their reverses{why}")
 
 
 def _configure_optimizer(cfg: TraceConfig, subject: Subject, saved) -> None:
