@@ -60,6 +60,7 @@ TASKS = ("lm", "classify")
 LONG_CONTEXT = 256      # a start whose context is longer gets a note suggesting --block-size
 _START = "the start's"
 _SCRATCH = "--init none: "
+_WARMUP_SHOWN = "a tenth of --max-iters"
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ class FinetuneConfig:
     batch_size: int = setting(16, "sequences per step")
     lr: float = setting(1e-3, "peak learning rate (AdamW)")
     min_lr: float = setting(1e-4, "learning rate at the end of the cosine decay")
-    warmup: int | None = setting(None, "steps of linear warmup", shown="a tenth of --max-iters")
+    warmup: int | None = setting(None, "steps of linear warmup", shown=_WARMUP_SHOWN)
     weight_decay: float = setting(0.01, "AdamW weight decay (matrices only)")
     beta1: float = setting(0.9, "AdamW beta1")
     beta2: float = setting(0.99, "AdamW beta2")
@@ -137,8 +138,9 @@ class FinetuneConfig:
         fail = check.fail
         check.integers("max_iters", "batch_size", "eval_iters")
         check.integers("n_layer", "n_head", "n_embd", "block_size", unset=_START)
-        if self.warmup is not None and not (is_int(self.warmup) and 0 <= self.warmup <= self.max_iters):
-            fail("warmup", f"an integer in [0, max-iters={self.max_iters}] (or unset: a tenth of max-iters)")
+        check.integers("warmup", low=0, unset=_WARMUP_SHOWN)
+        if self.warmup is not None and self.warmup > self.max_iters:     # the same words as train's
+            fail("warmup", f"at most max-iters={self.max_iters} (lower --warmup with --max-iters)")
         check.integers("eval_interval", "checkpoint_interval", "seed", "data_seed", "sample_tokens",
                        "lora_rank", low=0)
         check.numbers("lr", "min_lr", "weight_decay", "grad_clip", "aux_lm_weight", "lora_alpha")
