@@ -159,9 +159,15 @@ def fit_link(rows: list[dict], method: str, n: int, procs: int = 2) -> tuple[flo
     return mine[0]["seconds"] / (2 * (procs - 1)), 2 * (procs - 1) / procs * near["n"] * 4 / near["seconds"]
 
 
+def comm_model(n: int, P: int, alpha: float, bw: float) -> float:
+    """The all-reduce's part of T(P) (seconds): exactly 0 for P = 1 (computed on its own, not as
+    T(P) minus the rest, whose rounding printed -0.00)."""
+    return 2 * (P - 1) * alpha + 2 * (P - 1) / P * n * 4 / bw
+
+
 def step_model(compute: float, update: float, n: int, P: int, alpha: float, bw: float) -> float:
     """T(P) of the module docstring (seconds)."""
-    return compute / P + update + 2 * (P - 1) * alpha + 2 * (P - 1) / P * n * 4 / bw
+    return compute / P + update + comm_model(n, P, alpha, bw)
 
 
 def model_rows(base: dict, links: dict) -> list[dict]:
@@ -171,7 +177,7 @@ def model_rows(base: dict, links: dict) -> list[dict]:
         for P in P_MODEL:
             tp = step_model(base["compute"], base["update"], base["n"], P, alpha, bw)
             rows.append({"model": base["name"], "link": link, "P": P, "step ms": 1e3 * tp,
-                         "comm ms": 1e3 * (tp - base["compute"] / P - base["update"]),
+                         "comm ms": 1e3 * comm_model(base["n"], P, alpha, bw),
                          "tokens/s": base["tokens"] / tp, "speed-up": t1 / tp,
                          "efficiency %": 100 * t1 / tp / P})
     return rows

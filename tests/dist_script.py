@@ -7,6 +7,10 @@
                                rank checks that all ranks hold the same weights, to the bit
     fault KIND STEP FILE.json  one run of FILE's first entry in which rank 1, at STEP, does
                                KIND: "kill" (SIGKILL itself), "raise", or "hang" (sleep)
+    threads FILE.json          one run of FILE's first entry; at its last step rank 0 prints
+                               "threads: " and the JSON of every rank's Numba and OpenBLAS
+                               thread counts ({"numba": [...], "blas": [...]}; blas None where
+                               numpy's BLAS is not OpenBLAS)
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import signal
 import sys
 import time
 
+import numba
 import numpy as np
 
 from npgpt import dist
+from npgpt.bench.machine import openblas_function
 from npgpt.config import GPTConfig
 from npgpt.models.gpt import GPT
 from npgpt.optim import AdamW
@@ -47,6 +53,11 @@ def collectives(comm) -> None:
                 parts[bounds[comm.rank]:bounds[comm.rank + 1]] = comm.rank
                 comm.allgather(parts, bounds, method)
                 assert (parts == np.repeat(np.arange(comm.size), np.diff(bounds))).all(), (method, n)
+    # the processes on this machine: the launcher's count, and MPI's own (without it)
+    assert comm.ranks_on_this_node() == comm.size
+    for name in dist.comm.LOCAL_SIZE_VARIABLES:
+        os.environ.pop(name, None)
+    assert comm.ranks_on_this_node() == comm.size
     # several arrays, one buffer
     arrays = [np.full(k, float(comm.rank + 1)) for k in (3, 1, 5)]
     packed = dist.Packed(arrays)
@@ -99,6 +110,18 @@ def fault(comm, kind: str, at: int, entry: dict) -> None:
     start(entry, misbehave)
 
 
+def threads(comm, entry: dict) -> None:
+    get = openblas_function("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_",
+                            "openblas_get_num_threads")
+
+    def report(trainer, rec):
+        if rec["step"] == trainer.max_iters:
+            every = comm.allgather_objects((numba.get_num_threads(), get() if get else None))
+            if comm.rank == 0:
+                print("threads: " + json.dumps({"numba": [n for n, _ in every], "blas": [b for _, b in every]}))
+    start(entry, report)
+
+
 def main(argv) -> None:
     with dist.guard("dist_script") as comm:
         if argv[0] == "collectives":
@@ -110,6 +133,8 @@ def main(argv) -> None:
                 print("ok")
         elif argv[0] == "fault":
             fault(comm, argv[1], int(argv[2]), json.loads(open(argv[3]).read())[0])
+        elif argv[0] == "threads":
+            threads(comm, json.loads(open(argv[1]).read())[0])
         else:
             raise ValueError(f"unknown scenario {argv[0]!r}")
 

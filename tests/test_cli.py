@@ -121,7 +121,7 @@ def test_out_that_is_a_file_is_one_line_before_any_work(argv, prog, files, resum
     assert Path("afile").read_text() == "mine"
     # a file on the way to --out is named too
     assert main([*argv, "--out", "afile/run"]) == 2
-    assert "--out 'afile/run' is a file: 'afile' is a file: expected a folder" in capsys.readouterr().err
+    assert "--out 'afile/run': its parent 'afile' is a file: expected a folder" in capsys.readouterr().err
 
 
 # -- the flags: made from the settings, every default and choice shown -------------------------

@@ -21,6 +21,7 @@ Weights are compared with the one-process run on the same global batches:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -28,11 +29,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
 from npgpt import checkpoint as ckpt_io
+from npgpt.bench.machine import openblas_function
 from npgpt.runs import finetune, pretrain, seq2seq
+from npgpt.runs.skeleton import THREAD_VARIABLES, blas_threads
 from npgpt.trainer import read_log
 
 pytest.importorskip("mpi4py")      # the package only: MPI is not started in this process
@@ -58,10 +62,12 @@ FINETUNE_RUN = dict(init="none", task="classify", n_layer=1, n_head=2, n_embd=16
 TOLERANCE = {"float64": 1e-12, "float32": 2e-5}      # see the module docstring
 
 
-def mpiexec(n: int, *args, cwd, timeout: float = 90, env: dict | None = None, script=True):
-    """Run `mpiexec -n n python [tests/dist_script.py] args` in cwd; the CompletedProcess."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-           "OPENBLAS_NUM_THREADS": "1", **(env or {})}
+def mpiexec(n: int, *args, cwd, timeout: float = 90, env: dict | None = None, script=True, unset=()):
+    """Run `mpiexec -n n python [tests/dist_script.py] args` in cwd; the CompletedProcess.
+    One thread per process, unless env says otherwise; unset: variables removed (before env)."""
+    base = {**os.environ, "PYTHONPATH": str(ROOT), "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1"}
+    env = {**{k: v for k, v in base.items() if k not in unset}, **(env or {})}
     cmd = [MPIEXEC, "-n", str(n), sys.executable, *([str(SCRIPT)] if script else []), *map(str, args)]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -164,3 +170,62 @@ def test_hanging_rank_ends_the_job_after_the_timeout(tmp_path):
                    env={"NPGPT_DIST_TIMEOUT": "3"})
     assert done.returncode != 0
     assert "rank 0 of 2): waited" in done.stderr and "died or hangs" in done.stderr, done.stderr
+
+
+OPENBLAS_GET = ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads")
+
+
+def test_processes_on_one_machine_share_its_cores(tmp_path):
+    """mpiexec -n 2 with no thread variable set: each rank runs Numba and OpenBLAS on
+    cores // 2 threads (not on every core each: 2 ranks x all the cores take turns and run
+    several times slower), said once, by rank 0; a NUMBA_NUM_THREADS the user set is kept, and
+    then nothing is said."""
+    share = max(1, os.cpu_count() // 2)
+    default = numba.config.NUMBA_DEFAULT_NUM_THREADS          # what each rank would start with
+    entry = runs_file(tmp_path, [{"run": "pretrain", "settings": {**GPT_RUN, "out": str(tmp_path / "a"),
+                                                                  "max_iters": 2}}])
+    done = mpiexec(2, "threads", entry, cwd=tmp_path, timeout=120, unset=THREAD_VARIABLES)
+    assert done.returncode == 0, done.stderr
+    counts = json.loads(done.stdout.split("threads: ", 1)[1].splitlines()[0])
+    assert counts["numba"] == [min(share, default)] * 2, done.stdout
+    if share < default:
+        assert counts["blas"] in ([share] * 2, [None] * 2), done.stdout
+        assert done.stderr.count(f"note: 2 processes on {os.cpu_count()} cores: {share} thread") == 1, done.stderr
+    entry = runs_file(tmp_path, [{"run": "pretrain", "settings": {**GPT_RUN, "out": str(tmp_path / "b"),
+                                                                  "max_iters": 2}}])
+    done = mpiexec(2, "threads", entry, cwd=tmp_path, timeout=120, unset=THREAD_VARIABLES,
+                   env={"NUMBA_NUM_THREADS": "2"})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.split("threads: ", 1)[1].splitlines()[0])["numba"] == [2, 2], done.stdout
+    assert "processes on" not in done.stderr, done.stderr
+
+
+def test_blas_threads_without_threadpoolctl(monkeypatch):
+    """Without threadpoolctl (not a dependency of npgpt) the BLAS threads are set through
+    OpenBLAS's own openblas_set_num_threads, and put back on leaving."""
+    get = openblas_function(*OPENBLAS_GET)
+    if get is None:
+        pytest.skip("numpy's BLAS is not OpenBLAS")
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)      # `import threadpoolctl` fails
+    before = get()
+    target = 2 if before == 1 else 1
+    with blas_threads(target):
+        assert get() == target
+    assert get() == before
+
+
+def test_cost_model_prints_no_negative_zero(monkeypatch):
+    """benchmarks/bench_dist.py's cost model: one process sends nothing, so its comm ms is 0.00,
+    never the -0.00 of a difference of rounded times (GPT-2's compute minus itself)."""
+    monkeypatch.setenv("NPGPT_BENCH_NO_TORCH", "1")       # what the script sets on import, undone after
+    monkeypatch.setattr(sys, "path", list(sys.path))      # the script puts benchmarks/ on it
+    spec = importlib.util.spec_from_file_location("bench_dist", ROOT / "benchmarks" / "bench_dist.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    n, scale = 814_720, bench.GPT2_PARAMS / 814_720       # the baby's parameters; its measured times
+    bases = [{"name": "baby", "compute": 0.0741, "update": 0.0015, "n": n, "tokens": 1024},
+             {"name": "gpt2", "compute": 0.0741 * scale * 8, "update": 0.0015 * scale,
+              "n": bench.GPT2_PARAMS, "tokens": 8192}]
+    rows = [r for base in bases for r in bench.model_rows(base, bench.LINKS)]
+    assert ["{:,.2f}".format(r["comm ms"]) for r in rows if r["P"] == 1] == ["0.00"] * 6
+    assert all(r["comm ms"] > 0 for r in rows if r["P"] > 1)

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from npgpt import checkpoint as ckpt_io
+from npgpt.cli import main
 from npgpt.trainer import read_log
 from tests.test_dist import MPIEXEC, ROOT, mpiexec
 
@@ -69,6 +70,41 @@ def test_processes_that_disagree_refuse_to_start(tmp_path):
     assert done.returncode != 0
     assert "rank 1's data (SHA-256)" in done.stderr, done.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "a" / "out").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--n-layer", "0"], "n_layer=0 (--n-layer): expected a positive integer"),
+    (["--allreduce", "tree"], "allreduce='tree' (--allreduce): expected one of ['mpi', 'ring']"),
+    (["--resume"], "--resume: there is no checkpoint"),
+])
+def test_bad_input_is_said_once(args, message, tmp_path):
+    """An error every process meets alike (a setting, a missing checkpoint): one line, from
+    rank 0 (not one per process), exit status 2."""
+    done = mpiexec(2, "-m", "npgpt", "train", *FLAGS, *args, "--out", tmp_path / "out", cwd=tmp_path,
+                   script=False, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count(message) == 1 and done.stderr.count("error:") == 1, done.stderr
+    assert "rank 0 of 2" in done.stderr
+
+
+def test_parallel_flags_without_mpiexec_are_noted(tmp_path, capsys, monkeypatch):
+    """--shard-optimizer and --allreduce ring in one process change nothing: one note on stderr
+    says they apply only under mpiexec; without them, no note."""
+    monkeypatch.chdir(tmp_path)
+    for name in [*os.environ]:
+        if name.startswith(("PMI_", "OMPI_", "MV2_")):
+            monkeypatch.delenv(name)
+    args = ["train", *FLAGS, "--max-iters", "1", "--eval-interval", "0"]
+    assert main([*args, "--out", "a", "--shard-optimizer", "--allreduce", "ring"]) == 0
+    noted = [line for line in capsys.readouterr().err.splitlines() if "only under mpiexec" in line]
+    assert noted == ["npgpt train: note: --shard-optimizer and --allreduce ring apply only under mpiexec "
+                     "-n P (P > 1): this run is one process"]
+    assert main([*args, "--out", "b", "--allreduce", "ring"]) == 0
+    noted = [line for line in capsys.readouterr().err.splitlines() if "only under mpiexec" in line]
+    assert noted == ["npgpt train: note: --allreduce ring applies only under mpiexec -n P (P > 1): this "
+                     "run is one process"]
+    assert main([*args, "--out", "c"]) == 0
+    assert "only under mpiexec" not in capsys.readouterr().err
 
 
 def test_a_plain_run_never_loads_mpi(tmp_path):

@@ -10,7 +10,9 @@ What a docs page must follow (every docs/*.md is picked up by itself):
   files of the page's earlier blocks (and only those): a page makes what it needs first (a text
   with `python -m pydoc ... > input.txt`, a GPT-2 folder with `npgpt.checkpoint.save_gpt2`, a
   CSV written by a Python block), and never names a file of the repository or of the reader's.
-- `npgpt` is the command line of this checkout; `python` is the interpreter running the tests.
+- `npgpt` is the command line of this checkout; `python` is the interpreter running the tests,
+  and the other commands of its environment (`mpiexec` of a venv's bin/) come next on PATH, so
+  the blocks run as in an activated venv even when the tests run as `venv/bin/python -m pytest`.
 - A shell line that is meant to fail says so in its comment: `... # ... (exits 1 ...)`. The test
   runs it expecting that exit status (a check of an exercise not yet written exits 1, and the
   page says so); any other status, 0 included, fails the test.
@@ -157,14 +159,21 @@ def run_block(runner: str, code: str, cwd: Path, env: dict) -> subprocess.Comple
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT)
 
 
+def block_env(shims: Path) -> dict:
+    """The environment of the blocks: on PATH the shims first, then the folder of the interpreter
+    running the tests (a venv's bin/: its mpiexec), then the PATH the tests were given."""
+    path = os.pathsep.join([str(shims), str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return dict(os.environ, PATH=path.rstrip(os.pathsep),
+                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+                OPENBLAS_NUM_THREADS="1")
+
+
 @pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
 def test_every_block_runs_as_pasted(page, tmp_path):
     shims, work = tmp_path / "bin", tmp_path / "work"
     make_shims(shims)
     work.mkdir()
-    env = dict(os.environ, PATH=f"{shims}{os.pathsep}{os.environ['PATH']}",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-               OPENBLAS_NUM_THREADS="1")
+    env = block_env(shims)
     for line, runner, code in runnable(page):
         done = run_block(runner, code, work, env)
         assert done.returncode == 0, (
@@ -180,6 +189,19 @@ def test_a_line_that_says_it_exits_must_exit_so(tmp_path):
     assert run_block("bash", "true    # (exits 1)\n", tmp_path, env).returncode == 1
     assert run_block("bash", "(exit 2)  # (exits 1)\n", tmp_path, env).returncode == 1
     assert run_block("bash", "false   # a plain comment\necho after\n", tmp_path, env).returncode == 1
+
+
+def test_blocks_find_the_interpreters_commands_without_an_activated_venv(tmp_path, monkeypatch):
+    """Tests run as venv/bin/python -m pytest, the venv not activated (its bin/ not on PATH): a
+    block still finds the venv's commands (the README's `mpiexec`), after the shims."""
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    make_shims(tmp_path / "bin")
+    env = block_env(tmp_path / "bin")
+    assert env["PATH"].split(os.pathsep)[:2] == [str(tmp_path / "bin"), str(Path(sys.executable).parent)]
+    found = run_block("bash", "command -v npgpt python mpiexec || true\n", tmp_path, env).stdout.split()
+    assert found[:2] == [str(tmp_path / "bin" / "npgpt"), str(tmp_path / "bin" / "python")]
+    if (Path(sys.executable).parent / "mpiexec").exists():
+        assert found[2:] == [str(Path(sys.executable).parent / "mpiexec")], found
 
 
 def test_the_shim_shortens_only_the_training_length():

@@ -13,6 +13,7 @@ imported (importing it starts MPI), so a plain `npgpt train` never loads it.
     comm.allreduce(buf, "mpi" | "ring")   buf <- the sum over ranks of buf, in place
     comm.allgather(buf, bounds, method)   rank r's buf[bounds[r]:bounds[r+1]] to every rank
     comm.sum(values), comm.any(flag), comm.allgather_objects(obj)
+    comm.ranks_on_this_node()             the processes sharing this machine's cores
     with guard("npgpt train"): ...        an error here ends every process, never a hang
 
 No hang. A process blocked in a collective waits for all the others; if one of them raised and
@@ -45,8 +46,13 @@ from .ring import ring_allgather, ring_allreduce
 # The launchers' variables holding the number of processes, and this one's rank.
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+LOCAL_SIZE_VARIABLES = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE")   # processes on this machine
 METHODS = ("mpi", "ring")
 DEFAULT_TIMEOUT = 1800.0
+# An input error raised on a rank other than 0 waits this long for rank 0, which raises the same
+# error when it comes from the settings or the files every rank reads, to say it and end the job:
+# the message is printed once. A rank still alive after the wait has an error of its own: it says it.
+ALIKE_WAIT = 10.0
 # Errors of the input (a file, a setting): exit status 2, as the command line's; anything else 1.
 INPUT_ERRORS = (ValueError, TypeError, OSError, KeyError)
 
@@ -114,6 +120,21 @@ class Comm:
 
     def __repr__(self) -> str:
         return f"Comm(rank={self.rank}, size={self.size})"
+
+    def ranks_on_this_node(self) -> int:
+        """How many processes of the job run on this machine (they share its cores): from the
+        launcher where it says (MPICH's Hydra: MPI_LOCALNRANKS; Open MPI:
+        OMPI_COMM_WORLD_LOCAL_SIZE), else the size of MPI's shared-memory group of this process
+        (MPI_Comm_split_type, a collective: every rank calls it, as every rank has the same
+        environment)."""
+        told = _from_environment(LOCAL_SIZE_VARIABLES, 0)
+        if told > 0:
+            return told
+        node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
+        try:
+            return node.Get_size()
+        finally:
+            node.Free()
 
     # -- arrays ------------------------------------------------------------------------------
 
@@ -208,7 +229,9 @@ def guard(name: str = "npgpt"):
     """Under an MPI launch, yields world() and turns an exception raised inside into the end of
     every process: one message on stderr naming this rank, then MPI_Abort (exit status 2 for
     bad input, 1 otherwise, 130 for Ctrl-C). A Refused error (raised by every rank alike) is
-    told once, by rank 0. Without a launch: yields None and changes nothing."""
+    told once, by rank 0; so is an input error (a setting, a missing file), which every rank
+    meets alike: the other ranks wait ALIKE_WAIT seconds for rank 0 to end the job before they
+    say theirs. Without a launch: yields None and changes nothing."""
     if not launched():
         yield None
         return
@@ -232,6 +255,8 @@ def guard(name: str = "npgpt"):
     except BaseException as e:
         if not isinstance(e, INPUT_ERRORS):        # unexpected: the traceback helps
             traceback.print_exc()
+        elif comm.rank != 0:                       # most likely rank 0's too: let it say so
+            time.sleep(ALIKE_WAIT)
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         _say(f"{who}: error: {message}; ending every process")
         comm.abort(2 if isinstance(e, INPUT_ERRORS) else 1)

@@ -27,6 +27,8 @@ Session refuses to start unless all have the same settings and data, builds the 
 optimizer for --shard-optimizer, hands each process its share of every batch (units: what the
 loss is a mean over, so the shares' weighted losses add up to the global batch's) and makes the
 Trainer data-parallel. Rank 0 alone writes files and prints; an error anywhere ends every process.
+The processes on one machine share its cores: unless the user chose (NUMBA_NUM_THREADS, ...), each
+gets cores // (processes on the machine) threads for Numba and numpy's BLAS (shared_cores).
 """
 
 from __future__ import annotations
@@ -35,14 +37,17 @@ import contextlib
 import dataclasses
 import os
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numba
 import numpy as np
 
 from .. import checkpoint as ckpt_io
 from .. import dist, kernels
+from ..bench.machine import openblas_function
 from ..optim import AdamW
 from ..sample import default_prompt, generate_text
 from ..trainer import CHECKPOINT_NAME, Trainer, TrainResult
@@ -74,14 +79,17 @@ def settings_as_run(cfg, spec: RunSpec):
 
 
 def check_out_folder(out, spec: RunSpec) -> Path:
-    """--out as a Path; a file there (or a file in its way) is one clear error, before any work."""
+    """--out as a Path; an empty one (which Path reads as the current folder), a file there or a
+    file in its way is one clear error, before any work."""
+    expected = f"expected a folder (for {', '.join(spec.outputs)}), new or of an earlier run"
+    if str(out) == "":
+        raise ValueError(f"--out {str(out)!r} is empty: {expected} (--out . for the current folder)")
     out = Path(out)
     blocker = next((p for p in (out, *out.parents) if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
-        where = "" if blocker == out else f": {str(blocker)!r} is a file"
-        raise NotADirectoryError(f"--out {str(out)!r} is a file{where}: expected a folder (for "
-                                 f"{', '.join(spec.outputs)}), new or of an earlier run; pass "
-                                 f"another --out")
+        what = (" is a file" if blocker == out else f": its parent {str(blocker)!r} is a file"
+                if blocker == out.parent else f": {str(blocker)!r}, on its path, is a file")
+        raise NotADirectoryError(f"--out {str(out)!r}{what}: {expected}; pass another --out")
     return out
 
 
@@ -127,17 +135,85 @@ def _same_setting(spec: RunSpec, name: str, given, saved) -> bool:
 @contextlib.contextmanager
 def processes(cfg, spec: RunSpec):
     """The processes a run trains on: None when it is the only one (no MPI launch: nothing
-    changes, mpi4py is not imported), else the DataParallel group of the launch (cfg.allreduce).
-    Inside, an error on any process ends every process (npgpt.dist.guard), and the processes
-    other than rank 0 print nothing (their stdout goes to os.devnull; stderr stays)."""
+    changes, mpi4py is not imported; --shard-optimizer and --allreduce ring, which then do
+    nothing, are noted on stderr), else the DataParallel group of the launch (cfg.allreduce).
+    Inside, an error on any process ends every process (npgpt.dist.guard), the processes other
+    than rank 0 print nothing (their stdout goes to os.devnull; stderr stays), and the processes
+    on one machine share its cores (shared_cores)."""
     if not dist.launched():
+        unused = [flag for flag, given in (("--shard-optimizer", cfg.shard_optimizer),
+                                           (f"--allreduce {cfg.allreduce}", cfg.allreduce != "mpi")) if given]
+        if unused:
+            print(f"{spec.command}: note: {' and '.join(unused)} appl{'ies' if len(unused) == 1 else 'y'} "
+                  f"only under mpiexec -n P (P > 1): this run is one process", file=sys.stderr)
         yield None
         return
     with dist.guard(spec.command) as comm, contextlib.ExitStack() as stack:
         group = dist.DataParallel(comm, cfg.allreduce)
+        stack.enter_context(shared_cores(comm))
         if not group.writer:
             stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
         yield group
+
+
+# The variables that choose the threads of Numba's kernels and of numpy's BLAS: a user who sets
+# any of them has chosen, and shared_cores leaves the threads alone.
+THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def shared_cores(comm):
+    """Inside: max(1, cores // processes on this machine) threads for Numba and for numpy's BLAS
+    in this process, as it was before on leaving. Each library starts as many threads as the
+    machine has cores, in every process: P processes on one machine would run P times as many
+    threads as cores, which take turns and run several times slower than one each. Rank 0
+    says so once; a user who set one of THREAD_VARIABLES keeps the threads chosen."""
+    if any(os.environ.get(name) for name in THREAD_VARIABLES):
+        yield
+        return
+    cores, local = os.cpu_count() or 1, comm.ranks_on_this_node()
+    threads, before = max(1, cores // local), numba.get_num_threads()
+    if threads >= before:
+        yield
+        return
+    if comm.rank == 0:
+        print(f"note: {local} processes on {cores} cores: {threads} thread{'s' * (threads > 1)} each "
+              f"(set NUMBA_NUM_THREADS / OPENBLAS_NUM_THREADS to choose)", file=sys.stderr, flush=True)
+    numba.set_num_threads(threads)
+    try:
+        with blas_threads(threads):
+            yield
+    finally:
+        numba.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def blas_threads(threads: int):
+    """Inside: numpy's BLAS (and any OpenMP pool) on `threads` threads, through threadpoolctl
+    where it is installed, else through OpenBLAS's own openblas_set_num_threads (numpy's
+    wheels carry OpenBLAS); another BLAS without threadpoolctl is left as it is."""
+    try:
+        # optional dependency (the `bench` extra): every BLAS and OpenMP pool, not only OpenBLAS
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        threadpool_limits = None
+    if threadpool_limits is not None:
+        with threadpool_limits(limits=threads):
+            yield
+        return
+    get = openblas_function("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_",
+                            "openblas_get_num_threads")
+    put = openblas_function("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
+                            "openblas_set_num_threads")
+    if get is None or put is None:
+        yield
+        return
+    before = get()
+    put(threads)
+    try:
+        yield
+    finally:
+        put(before)
 
 
 class Session:
