@@ -366,6 +366,8 @@ for step in range(1, 601):
     clip_grad_norm(model.parameters(), 1.0)
     opt.step()
     losses.append(loss)
+    if step == 200:
+        half_trained = model.state_dict()                    # for section 8: a model still unsure
     if step == 1 or step % 150 == 0:
         print(f"step {step:3d}  lr {opt.lr:.2e}  loss {loss:.3f}")
 
@@ -474,6 +476,26 @@ for j in differ[:4]:
           f"beam {vocab.decode(results[4][2][j])!r}, right {vocab.decode(test_pairs[j][1])!r}")
 
 # %% [markdown]
+# The trained model is so sure of each next digit that the beam rarely finds anything greedy
+# missed. The same model after 200 of its 600 steps is still unsure, and there the two differ:
+# on every source where they disagree, the beam's output is the more probable one.
+
+# %%
+unsure = Transformer(cfg, seed=0)
+unsure.load_state_dict(half_trained)
+half = {k: unsure.translate(test.src, max_len=10, beam_size=k, return_scores=True) for k in (1, 4)}
+differ = [j for j in range(len(test_pairs)) if half[1][0][j] != half[4][0][j]]
+for k, (hyps, scores) in half.items():
+    exact = np.mean([h == t for h, (_, t) in zip(hyps, test_pairs)])
+    print(f"after 200 steps, beam size {k}: exact match {exact:.1%}, mean score {np.mean(scores):.4f}")
+print(f"greedy and a beam of 4 disagree on {len(differ)} of {len(test_pairs)} sources, e.g.")
+for j in differ[:4]:
+    print(f"  {vocab.decode(test_pairs[j][0])!r}: greedy {vocab.decode(half[1][0][j])!r} "
+          f"({half[1][1][j]:.2f}), beam {vocab.decode(half[4][0][j])!r} ({half[4][1][j]:.2f}), "
+          f"right {vocab.decode(test_pairs[j][1])!r}")
+assert differ and all(half[4][1][j] >= half[1][1][j] - 1e-6 for j in differ)
+
+# %% [markdown]
 # ## Checks run above
 #
 # * Cross-attention's gradients (decoder stream, memory, all four weights) and a sample of the
@@ -488,11 +510,12 @@ for j in differ[:4]:
 # * The trained model reverses unseen strings; its cross-attention sits on the anti-diagonal
 #   (recomputed from the layer's parts, checked against its output).
 # * Beam search's scores are the teacher-forced log-probabilities of its outputs; a wider beam
-#   scores at least as well on average; a beam of one is greedy.
+#   scores at least as well on average; a beam of one is greedy; where a half-trained model's
+#   greedy and beam outputs differ, the beam's is the more probable.
 #
 # ## Exercises
 #
-# 1. `npgpt exercise start multihead_attention` (then `block`): the layers this model is made
+# 1. `npgpt exercise start multihead_attention` (then `residual`): the layers this model is made
 #    of; give your attention a `cross` mode and check it with section 2's `check_module` call.
 # 2. Train the same model on `make_task("sort", ...)` and draw its cross-attention. What pattern
 #    do you expect, and what do you see?
@@ -500,6 +523,5 @@ for j in differ[:4]:
 #    peak), and again post-LN without warmup. Which one trains?
 # 4. Set `label_smoothing=0` and compare the loss curves and the test accuracy. Why does the
 #    loss now go lower, and does the accuracy follow?
-# 5. Find a source on which greedy decoding and beam search disagree (train for fewer steps to
-#    make them more frequent). Print the log-probability of each token of both outputs: where
-#    did greedy commit too early?
+# 5. Take one source on which the half-trained model's greedy and beam outputs disagree. Print
+#    the log-probability of each token of both outputs: where did greedy commit too early?

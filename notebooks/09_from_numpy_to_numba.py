@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 from npgpt import kernels  # noqa: E402
 from npgpt.gradcheck import rel_error  # noqa: E402
 from npgpt.kernels import reference  # noqa: E402
+from npgpt.kernels.cpu.attention import ATTN_BC, ATTN_BR, _visible  # noqa: E402
 
 try:
     import torch
@@ -146,18 +147,18 @@ assert rel_error(cache_nb.lse, lse) < 1e-5
 # With the causal mask, a tile whose keys all lie in the future of all its queries would be
 # masked whole: the kernel does not visit it. With $n = T/64$ blocks per side it visits
 # $n(n+1)/2$ of the $n^2$ tiles, a fraction $(n + 1)/(2n) \to \tfrac12$: causal attention costs
-# about half of bidirectional attention. The tiles of a causal $T = 512$ attention, as the
-# kernel's loop bounds choose them:
+# about half of bidirectional attention. The tiles of a causal $T = 512$ attention, drawn with
+# the kernel's own block sizes and its own bound `_visible` (how many keys a query may see):
 
 # %%
-def tiles(Tq, Tk, block=64, causal=True):
+def tiles(Tq, Tk, causal=True):
     """(n_q, n_k) grid: 0 skipped, 1 visited and partly masked (the diagonal), 2 visited whole."""
-    grid = np.zeros((-(-Tq // block), -(-Tk // block)), dtype=int)
-    for i, i0 in enumerate(range(0, Tq, block)):
-        i1 = min(i0 + block, Tq)
-        last_key = min(Tk, i1 - 1 + (Tk - Tq) + 1) if causal else Tk   # keys past it: hidden from the whole block
-        for j, j0 in enumerate(range(0, last_key, block)):
-            whole = not causal or min(j0 + block, Tk) - 1 <= i0 + (Tk - Tq)
+    grid = np.zeros((-(-Tq // ATTN_BR), -(-Tk // ATTN_BC)), dtype=int)
+    for i, i0 in enumerate(range(0, Tq, ATTN_BR)):
+        i1 = min(i0 + ATTN_BR, Tq)
+        kend = _visible(i1 - 1, Tq, Tk, causal, Tk)      # the kernel's bound: later keys are hidden
+        for j, j0 in enumerate(range(0, kend, ATTN_BC)):  # from the whole query block
+            whole = min(j0 + ATTN_BC, Tk) <= _visible(i0, Tq, Tk, causal, Tk)   # its first query sees all
             grid[i, j] = 2 if whole else 1
     return grid
 
