@@ -16,7 +16,7 @@ from npgpt.cli import main
 from npgpt.data import Seq2SeqVocab
 from npgpt.optim import AdamW
 from npgpt.trace.step import Trace
-from npgpt.trace.subject import TraceConfig, prepare
+from npgpt.runs.trace import TraceConfig, prepare
 from npgpt.trace.terminal import render_terminal
 from npgpt.trainer import read_log
 

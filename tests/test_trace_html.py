@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from npgpt.trace.html import write_html
-from npgpt.trace.subject import TraceConfig, run
+from npgpt.runs.trace import TraceConfig, run
 
 BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]

@@ -9,7 +9,7 @@ import sys
 
 from ..files import write_atomic
 from ..trace.html import write_html
-from ..trace.subject import TraceConfig, run as run_trace
+from ..runs.trace import TraceConfig, run as run_trace
 from ..trace.terminal import render_terminal
 from .flags import add_config_flags, config_flags
 

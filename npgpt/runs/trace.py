@@ -32,12 +32,12 @@ from ..finetune.init import load_init
 from ..models.gpt import GPT
 from ..models.transformer import Transformer
 from ..optim import AdamW
-from ..runs.seq2seq import Seq2SeqConfig
-from ..runs.seq2seq_data import batch_fn, load_data
 from ..settings import BACKENDS, DTYPES, Checker, setting
 from ..tokenizers import CharTokenizer, tokenizer_from_dict
-from .compare import compare_with_torch
-from .step import Trace, trace_step
+from ..trace.compare import compare_with_torch
+from ..trace.step import Trace, trace_step
+from .seq2seq import Seq2SeqConfig
+from .seq2seq_data import batch_fn, load_data
 
 MODELS = ("gpt", "transformer")
 PRESET = "gradcheck"       # the preset of a new model when --preset is not given

@@ -17,9 +17,11 @@ One subject per file:
     step.py         trace_step, Trace: one training step and the optimizer phase from AdamW's state
     terminal.py     the tables;  html.py: the self-contained page
     torch_twin.py   the PyTorch twin;  compare.py: compare_with_torch, tensor by tensor
-    subject.py      TraceConfig and the model, batch and optimizer `npgpt trace` makes
     health.py       Health: training health in log.jsonl (npgpt train --health-every N)
     plot.py         plot_run: `npgpt plot RUN` (matplotlib)
+
+What `npgpt trace` traces (a new model, or a checkpoint's run and its next batch) is a run:
+npgpt.runs.trace.
 """
 
 from .compare import compare_with_torch
