@@ -87,6 +87,21 @@ def test_bad_input_is_said_once(args, message, tmp_path):
     assert "rank 0 of 2" in done.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--max-iters", "abc"], "argument --max-iters: invalid int value: 'abc'"),
+    (["--max-itres", "5"], "unrecognized arguments: --max-itres 5 (did you mean --max-iters?)"),
+    (["--help"], "usage: npgpt train"),
+])
+def test_the_command_lines_own_words_are_said_once(args, message, tmp_path):
+    """argparse's usage, help and mistakes, which every process meets alike before any MPI
+    starts: printed by rank 0 alone, and every process exits with the same status."""
+    done = mpiexec(2, "-m", "npgpt", "train", *args, cwd=tmp_path, script=False, timeout=60)
+    assert done.returncode == (0 if args == ["--help"] else 2), done.stderr
+    said = done.stdout + done.stderr
+    assert said.count(message) == 1 and said.count("usage: npgpt train") == 1, said
+    assert not [*tmp_path.iterdir()]
+
+
 def test_parallel_flags_without_mpiexec_are_noted(tmp_path, capsys, monkeypatch):
     """--shard-optimizer and --allreduce ring in one process change nothing: one note on stderr
     says they apply only under mpiexec; without them, no note."""

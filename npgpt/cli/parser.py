@@ -10,6 +10,8 @@ made of, and what `main` does around a command.
     NPGPT_BACKEND=Numba npgpt train
                                npgpt train: error: NPGPT_BACKEND='Numba' is unknown ... (exit 2);
                                --help still works: the backend is resolved only to run a command
+    mpiexec -n 4 npgpt train --max-iters abc
+                               one usage and one error, from rank 0 (every rank exits 2)
     a warning (BPE: an unreachable vocabulary size)
                                npgpt train: warning: ... (one line, no file and line number)
 """
@@ -25,7 +27,7 @@ import warnings
 
 import npgpt
 
-from .. import kernels
+from .. import dist, kernels
 
 
 class Parser(argparse.ArgumentParser):
@@ -40,6 +42,12 @@ class Parser(argparse.ArgumentParser):
         if getattr(namespace, "command_prog", None) is None:     # the innermost command sets it first
             namespace.command_prog = self.prog
         return namespace, extras
+
+    def _print_message(self, message, file=None):
+        """Under mpiexec every rank parses the same arguments and meets the same mistake (or
+        --help): rank 0 alone prints it, and every rank exits with the same status."""
+        if dist.speaks():
+            super()._print_message(message, file)
 
     def _suggest(self, extras) -> str:
         known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
@@ -71,7 +79,8 @@ def run_command(args) -> int:
         if getattr(args.run, "needs_backend", True):
             kernels.current_backend()       # resolves NPGPT_BACKEND: an error names it
     except (ValueError, RuntimeError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        if dist.speaks():                   # under mpiexec, every rank reads the same variable
+            print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     with one_line_warnings(prog):
         try:

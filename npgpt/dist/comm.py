@@ -76,6 +76,13 @@ def launched() -> bool:
     return _from_environment(SIZE_VARIABLES, 1) > 1
 
 
+def speaks() -> bool:
+    """True unless this process is a rank other than 0 of an MPI launch: what every rank would
+    say alike (the command line's usage, help and mistakes) is said by rank 0 alone. Reads the
+    environment only, as launched() does."""
+    return not launched() or _from_environment(RANK_VARIABLES, 0) == 0
+
+
 class _Watchdog:
     """Ends the job when this process has waited in one collective for more than timeout
     seconds. One thread, started at the first wait; waiting(what) marks a wait."""
