@@ -378,9 +378,14 @@ class Trainer:
         return self.around_step(self, self.step + 1)
 
     def _stop_requested(self, ctrl_c: dict) -> bool:
-        if self.parallel is not None:     # every process stops at the same step
-            ctrl_c["requested"] = self.parallel.any(ctrl_c["requested"])
-        return ctrl_c["requested"]
+        """Whether to stop before the next step. With several processes, whether any of them was
+        signalled: every process gets the same answer, so all stop at the same step. The answer
+        is not written back into the flag: a signal whose handler runs while this process waits
+        in the collective (Python runs it when the call returns) would be overwritten by a
+        stale False and lost, and with every process losing its own the run would never stop."""
+        if self.parallel is None:
+            return ctrl_c["requested"]
+        return self.parallel.any(ctrl_c["requested"])
 
     def _kept(self) -> str:
         path = self.checkpoint_path

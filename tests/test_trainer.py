@@ -94,3 +94,36 @@ def test_runlog_resume_drops_the_steps_that_will_be_recomputed(tmp_path):
     log.close()
     RunLog(path, total=6, start_step=3, progress=False).close()
     assert [r["step"] for r in read_log(path)] == [1, 2, 3]
+
+
+class SignalledInTheCollective:
+    """A one-process stand-in for a data-parallel group (npgpt.dist.DataParallel): `any` answers
+    from the flag as it was when the call began, while Ctrl-C arrives during the call at step 3,
+    as it does when a process waits in MPI and Python runs the handler as the call returns."""
+
+    writer = True
+
+    def __init__(self, trainer_step):
+        self.trainer_step, self.sent = trainer_step, False
+
+    def any(self, flag: bool) -> bool:
+        if self.trainer_step() == 3 and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)     # the handler runs here, after flag was read
+        return flag
+
+    def sync_gradients(self, optimizer, batch):
+        pass                                        # one process: its gradient is the sum
+
+
+def test_a_signal_during_the_collective_is_not_lost(tmp_path):
+    """The answer of the collective is not written back over the flag: a signal handled while a
+    process waited in it stops the run at the next step (it was lost, and under mpiexec, with
+    every process losing its own, Ctrl-C never stopped the run)."""
+    holder = {}
+    group = SignalledInTheCollective(lambda: holder["trainer"].step)
+    holder["trainer"] = trainer = tiny_trainer(tmp_path, max_iters=30, checkpoint_interval=100,
+                                               parallel=group)
+    result = trainer.run()
+    assert group.sent and result.interrupted and result.step == 4, result.step
+    assert ckpt_io.load(tmp_path / "ckpt.safetensors").meta["step"] == 4
