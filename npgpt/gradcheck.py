@@ -33,6 +33,10 @@ than 1e-8 of the largest, it fails.) compare() applies the rule; check_all() rep
 
 A user's own file (`npgpt gradcheck --file`) and the exercises are checked by npgpt.exercises
 with these functions and the same rule.
+
+Why one file: the numerical gradient, the two errors, the pass rule and the tiny cases of every
+layer that `npgpt gradcheck` runs are one argument, read top to bottom; split, the rule would sit
+apart from the cases it was sized on.
 """
 
 from __future__ import annotations
@@ -201,12 +205,18 @@ def check_module(module: Module, inputs: Sequence, seed: int = 0, samples: int |
 def module_gradients(module: Module, inputs: Sequence, seed: int = 0, samples: int | None = None,
                      h: float = 1e-5, input_names: Sequence[str] | None = None) -> dict:
     """{input or parameter name: (backward's gradient, numerical gradient)} of check_module, at
-    the checked coordinates, for callers that want more than one number (compare, the worst)."""
+    the checked coordinates, for callers that want more than one number (compare, the worst).
+
+    A backward adds into each .grad (a tied weight, or gradient accumulation over micro-batches,
+    sums several contributions there), so the .grad arrays hold random values before it runs
+    and what is compared is what it added: a backward that assigns (p.grad = g, or p.grad[...] =
+    g) instead of adding fails here, where from zero it would pass."""
     rng = upstream_rng(seed)
     inputs = list(inputs)
     out = module.forward(*inputs)
     dout = rng.standard_normal(np.shape(out))
     module.zero_grad()
+    prefilled = _prefill_grads(module, seed)
     grads = module.backward(dout)
     if not isinstance(grads, tuple):
         grads = (grads,)
@@ -225,8 +235,21 @@ def module_gradients(module: Module, inputs: Sequence, seed: int = 0, samples: i
         if p.dtype != np.float64:
             raise TypeError(f"check_module: parameter {name} has dtype {p.dtype}: expected float64")
         index = sample_index(p.shape, samples, rng)
-        pairs[name] = _picked(p.grad.copy(), numerical_gradient(f, p.data, dout, h=h, index=index), index)
+        added = p.grad - prefilled[id(p)]
+        pairs[name] = _picked(added, numerical_gradient(f, p.data, dout, h=h, index=index), index)
     return pairs
+
+
+def _prefill_grads(module: Module, seed: int) -> dict:
+    """Fill every trainable parameter's .grad with random values, in place (each Parameter once,
+    however many names it has); {id(parameter): a copy of what was put there}."""
+    rng = np.random.default_rng([seed, 1])
+    filled = {}
+    for _, p in module.named_parameters():
+        if p.requires_grad and id(p) not in filled:
+            p.grad[...] = rng.standard_normal(p.shape)
+            filled[id(p)] = p.grad.copy()
+    return filled
 
 
 # -- every layer, tiny, in float64: what `npgpt gradcheck` runs ------------------------------

@@ -88,3 +88,29 @@ def test_summary_line_says_one_tensor_of_one_layer():
     assert gradcheck.summary_line([row]).startswith("1/1 tensor of 1 layer within tolerance")
     two = [row, dict(row, tensor="bias"), dict(row, layer="ReLU", passed=False)]
     assert gradcheck.summary_line(two).startswith("2/3 tensors of 2 layers within tolerance")
+
+
+def test_check_module_fails_a_backward_that_assigns_grad_instead_of_adding():
+    """A parameter's .grad may already hold a gradient (a tied weight, accumulation over
+    micro-batches): check_module starts it from random values, so `p.grad = g` fails where from
+    zero it would pass, and npgpt's own layers (which add) pass."""
+    class Scale(nn.Module):
+        def __init__(self, assign):
+            super().__init__()
+            self.s, self.assign = nn.Parameter(np.array([0.3, -1.2, 2.0])), assign
+
+        def forward(self, x):
+            self.x = x
+            return x * self.s.data
+
+        def backward(self, dout):
+            g = (dout * self.x).sum(0)
+            if self.assign:
+                self.s.grad[...] = g
+            else:
+                self.s.grad += g
+            return dout * self.s.data
+
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    assert gradcheck.check_module(Scale(assign=False), [x])["s"] < 1e-9
+    assert gradcheck.check_module(Scale(assign=True), [x])["s"] > 1e-2
