@@ -1,6 +1,7 @@
 """`npgpt trace`: the terminal view, --depth, --json (to a file and to stdout, read back), --html,
---compare torch (and without PyTorch), a Transformer, a checkpoint's next step (a seq2seq run's:
-its own task and next batch), and the errors (one line, exit 2)."""
+--compare torch (and without PyTorch), a Transformer, a checkpoint's next step (a run's of `npgpt
+train` or `npgpt seq2seq train`: its loss and weights are the resumed run's next step's, bit for
+bit; only the run's own data), and the errors (one line, exit 2)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import sys
 import numpy as np
 import pytest
 
-from npgpt import Transformer, TransformerConfig
+from npgpt import GPT, GPTConfig, Transformer, TransformerConfig
 from npgpt import checkpoint as ckpt_io
 from npgpt.cli import main
 from npgpt.data import Seq2SeqVocab
 from npgpt.optim import AdamW
 from npgpt.trace.step import Trace
-from npgpt.runs.trace import TraceConfig, prepare
+from npgpt.runs.trace import GRAD_CLIP, TraceConfig, prepare, run as run_trace, traced
+from npgpt.tokenizers import CharTokenizer
 from npgpt.trace.terminal import render_terminal
 from npgpt.trainer import read_log
 
@@ -105,20 +107,105 @@ SEQ2SEQ = ["--n-test", "4", "--d-model", "16", "--n-head", "2", "--layers", "1",
 
 def test_a_seq2seq_checkpoint_traces_its_runs_next_batch(tmp_path, capsys):
     """The trace of an `npgpt seq2seq train --task addition` checkpoint draws the run's own next
-    batch: sources "a+b" of the addition vocabulary, and the loss the run then logs for that step."""
+    batch: sources "a+b" of the addition vocabulary, and the loss the run then logs for that step;
+    its AdamW step (the run's learning rate and clip) leaves the weights of the run's step 3."""
     run = tmp_path / "run"
+    exact = ["--dtype", "float64", "--backend", "numpy"]
     assert main(["seq2seq", "train", "--task", "addition", "--n-digits", "2", "--n-train", "200",
-                 *SEQ2SEQ, "--max-iters", "2", "--out", str(run)]) == 0
+                 *SEQ2SEQ, *exact, "--max-iters", "2", "--out", str(run)]) == 0
     src = prepare(TraceConfig(checkpoint=str(run))).batch[0]
     plus = Seq2SeqVocab("0123456789+").encode("+")[0]
     assert src.shape[0] == 8 and ((src == plus).sum(axis=1) == 1).all()      # one '+' in every source
     page = tmp_path / "t.json"
-    assert main(["trace", "--checkpoint", str(run), "--json", str(page)]) == 0
+    assert main(["trace", "--checkpoint", str(run), "--backend", "numpy", "--json", str(page)]) == 0
     meta = json.loads(page.read_text())["meta"]
     assert "task 'addition'" in meta["data"] and "the run's next batch" in meta["data"]
+    trace, subject = traced(TraceConfig(checkpoint=str(run), backend="numpy"))
     assert main(["seq2seq", "train", "--resume", "--out", str(run), "--max-iters", "3"]) == 0
     step = read_log(run / "log.jsonl")[-1]                   # the run's own step 3, taken after
-    assert step["step"] == 3 and np.isclose(meta["loss"], step["loss"], rtol=1e-6, atol=0)
+    assert step["step"] == 3 and meta["loss"] == trace.meta["loss"] == step["loss"]
+    assert_weights_of_step(subject.model, run)
+
+
+def assert_weights_of_step(model, run):
+    """The model's weights are, bit for bit, those of the run's checkpoint."""
+    saved = ckpt_io.load(run / "ckpt.safetensors").model_state
+    ours = model.state_dict()
+    assert set(ours) == set(saved)
+    differ = [name for name, w in ours.items() if not np.array_equal(w, saved[name])]
+    assert not differ, f"differ from the run's step {ckpt_io.load(run / 'ckpt.safetensors').meta['step']}: {differ}"
+
+
+GPT_RUN = ["--n-layer", "1", "--n-head", "2", "--n-embd", "8", "--block-size", "8", "--batch-size", "3",
+           "--dtype", "float64", "--backend", "numpy", "--eval-iters", "1", "--sample-tokens", "0"]
+
+
+def gpt_run(tmp_path, *flags) -> tuple:
+    """A tiny `npgpt train` run of 2 steps on a small text: (its folder, the text file)."""
+    text, run = tmp_path / "text.txt", tmp_path / "run"
+    text.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog\n" for i in range(20)))
+    assert main(["train", "--data", str(text), *GPT_RUN, *flags, "--max-iters", "2", "--out", str(run)]) == 0
+    return run, text
+
+
+@pytest.mark.parametrize("dropout", ["0", "0.2"])
+def test_a_train_checkpoint_traces_its_runs_next_step(tmp_path, capsys, dropout):
+    """The trace of an `npgpt train` checkpoint is the run's step 3, bit for bit: the loss the
+    resumed run logs for it and the weights it saves. The batch (the run's text, tokenizer and
+    sampler), the learning rate (its schedule's at step 3, 1e-3, not step 2's 1e-2), the clip
+    (0.05, not 1.0) and, with dropout, the masks (its generators) are the run's."""
+    run, _ = gpt_run(tmp_path, "--warmup", "2", "--lr", "1e-2", "--min-lr", "1e-3", "--grad-clip", "0.05",
+                     "--dropout", dropout)
+    trace, subject = traced(TraceConfig(checkpoint=str(run), backend="numpy"))
+    assert trace.meta["data"].startswith(f"3 x 8 tokens of {str(run.parent / 'text.txt')!r} (CharTokenizer), "
+                                         f"the run's next batch;")
+    assert trace.optimizer["step"] == 3 and trace.optimizer["hyper"]["lr"] == 1e-3
+    assert trace.optimizer["clip"]["max_norm"] == 0.05 and trace.optimizer["clip"]["scale"] < 1
+    assert main(["train", "--resume", "--out", str(run), "--max-iters", "3"]) == 0
+    step = read_log(run / "log.jsonl")[-1]
+    assert step["step"] == 3 and trace.meta["loss"] == step["loss"] and step["lr"] == 1e-3
+    assert_weights_of_step(subject.model, run)
+
+
+def test_a_train_checkpoint_takes_only_its_own_text(tmp_path, capsys):
+    """--data must hold the run's text (a copy elsewhere will do; other content is refused in
+    one line); without it, the run's file must still be there. --batch-size draws with the run's
+    sampler, but says that this is not the run's next batch."""
+    run, text = gpt_run(tmp_path)
+    copy, other = tmp_path / "copy.txt", tmp_path / "other.txt"
+    copy.write_text(text.read_text())
+    other.write_text(text.read_text().replace("fox", "cat"))
+    own = run_trace(TraceConfig(checkpoint=str(run)))
+    assert run_trace(TraceConfig(checkpoint=str(run), data=str(copy))).meta["loss"] == own.meta["loss"]
+    five = run_trace(TraceConfig(checkpoint=str(run), batch_size=5)).meta["data"]
+    assert five.startswith("5 x 8 tokens of") and "drawn by the run's batch sampler (its next batch is 3 x 8)" in five
+    capsys.readouterr()
+    assert main(["trace", "--checkpoint", str(run), "--data", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"npgpt trace: error: --data {str(other)!r} is not the text --checkpoint {str(run)!r}")
+    assert "SHA-256" in err and err.count("\n") == 1
+    text.unlink()
+    assert main(["trace", "--checkpoint", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("npgpt trace: error: --checkpoint") and "was trained on --data" in err
+    assert str(text) in err and err.count("\n") == 1
+    assert main(["trace", "--checkpoint", str(run), "--data", str(copy), "--depth", "0"]) == 0
+
+
+def test_a_checkpoint_of_no_train_run_reads_random_windows(tmp_path):
+    """A GPT checkpoint without a run's settings (here one saved as `npgpt finetune` saves its
+    settings) keeps random windows of the text drawn with --seed, and the checkpoint's last
+    learning rate, and says why."""
+    tok = CharTokenizer.from_text("abcdefgh ")
+    model = GPT(GPTConfig.preset("gradcheck", vocab_size=tok.vocab_size, n_embd=8, block_size=8))
+    opt = AdamW(model.parameters(), lr=3e-4)
+    path = ckpt_io.save(tmp_path / "ckpt.safetensors", model, opt, tokenizer=tok.to_dict(),
+                        finetune={"task": "lm"}, step=0)
+    (tmp_path / "t.txt").write_text("abc defg hab cde fgh " * 10)
+    one, two = (prepare(TraceConfig(checkpoint=str(path), data=str(tmp_path / "t.txt"), seed=s)) for s in (0, 1))
+    assert "random windows of" in one.meta["data"] and "`npgpt finetune`: its task and batches" in one.meta["data"]
+    assert not np.array_equal(one.batch[0], two.batch[0])
+    assert one.optimizer.lr == 3e-4 and one.grad_clip == GRAD_CLIP
 
 
 def test_a_seq2seq_checkpoint_whose_data_is_gone(tmp_path, capsys):
@@ -172,4 +259,7 @@ def test_trace_config_checks_its_values():
         TraceConfig(depth=-1)
     with pytest.raises(ValueError, match="--compare"):
         TraceConfig(compare="jax")
-    assert np.isclose(TraceConfig().grad_clip, 1.0)
+    with pytest.raises(ValueError, match="--grad-clip"):
+        TraceConfig(grad_clip=-1.0)
+    assert TraceConfig().grad_clip is None           # 1.0, or the run's: a new model's step clips at 1.0
+    assert run_trace(TraceConfig(n_embd=8, block_size=8)).optimizer["clip"]["max_norm"] == GRAD_CLIP == 1.0

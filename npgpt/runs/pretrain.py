@@ -114,6 +114,10 @@ class PretrainConfig:
         """The run's warmup: warmup, or when unset 100 steps, a tenth of max_iters if that is less."""
         return default_warmup(self.max_iters) if self.warmup is None else self.warmup
 
+    def schedule_fn(self) -> WarmupCosine:
+        """step (1-based) -> learning rate: linear warmup to lr, then cosine decay to min_lr."""
+        return WarmupCosine(self.lr, self.warmup_steps, self.max_iters, self.min_lr)
+
     def model_config(self, vocab_size: int) -> GPTConfig:
         """The GPTConfig of the run: the preset, the fields set here, the tokenizer's vocab."""
         overrides = {k: getattr(self, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout")
@@ -190,7 +194,7 @@ def run(cfg: PretrainConfig, resume: bool = False, progress: bool | None = True,
         trainer = session.trainer(
             model, session.adamw(model), lm_batch_fn(train_ids, cfg.batch_size, mcfg.block_size),
             eval_fn=lm_eval_fn(val_ids, cfg.batch_size, mcfg.block_size, cfg.eval_iters, seed=cfg.seed + 1),
-            schedule=WarmupCosine(cfg.lr, cfg.warmup_steps, cfg.max_iters, cfg.min_lr),
+            schedule=cfg.schedule_fn(),
             meta={"tokenizer": tok.to_dict()}, progress=progress, on_step=on_step,
             around_step=Health(cfg.health_every) if cfg.health_every else None)
         session.resume(trainer, print_fn)
