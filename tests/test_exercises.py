@@ -2,6 +2,7 @@
 every reference passes), the whole flow of every exercise from an empty folder, and the commands."""
 
 import ast
+import os
 import re
 import signal
 import subprocess
@@ -310,3 +311,40 @@ def test_the_docs_say_the_catalogues_true_size():
     assert re.findall(r"from a catalogue of (\d+)", " ".join(page.split())) == [str(mistake_count())]
     table = dict(re.findall(r"^\| \d+ \| `(\w+)` \| .* \| (\d+) \|$", page, re.M))
     assert table == {ex.name: str(len(ex.mistakes)) for ex in EXERCISES}
+
+
+def test_the_flow_from_a_fresh_install_in_an_empty_folder(tmp_path):
+    """pip install . into a folder (no checkout on the path), then in an empty folder: the next
+    exercise is written from the installed templates, check fails until the backward is written,
+    hint and solution answer, and check passes once it is."""
+    target = tmp_path / "site"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q",
+                          "--target", str(target), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    work = tmp_path / "empty"
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target), "NPGPT_BACKEND": "numpy"}
+
+    def npgpt(*argv):
+        done = subprocess.run([sys.executable, "-m", "npgpt", "exercise", *argv], capture_output=True,
+                              text=True, cwd=work, env=env, timeout=120)
+        return done.returncode, done.stdout + done.stderr
+
+    status, out = npgpt("-h")
+    assert status == 0 and str(target) not in out
+    where = subprocess.run([sys.executable, "-c", "import npgpt; print(npgpt.__file__)"], capture_output=True,
+                           text=True, cwd=work, env=env).stdout
+    assert where.startswith(str(target))                    # the installed copy, not the checkout
+    status, out = npgpt()
+    assert status == 0 and "Wrote exercises/01_linear.py" in out, out
+    status, out = npgpt("check")
+    assert status == 1 and "not written yet" in out, out
+    status, out = npgpt("hint", "linear")
+    assert status == 0 and "1 of" in out, out
+    status, out = npgpt("solution", "linear")
+    assert status == 0 and "def linear_backward" in out, out
+    _fill(work / "exercises" / "01_linear.py", get("linear"), "reference")
+    status, out = npgpt("check")
+    assert status == 0 and "PASS" in out, out
+    status, out = npgpt("list")
+    assert status == 0 and "1/14 done. Next: npgpt exercise start relu" in out, out
