@@ -120,13 +120,6 @@ def environment() -> dict:
     return env
 
 
-def _openblas_setter():
-    """numpy's OpenBLAS `set_num_threads`, found among the loaded libraries, or None."""
-    from npgpt.bench import machine
-    return machine.openblas_function("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
-                                     "openblas_set_num_threads")
-
-
 def torch_blas_info() -> str | None:
     """The BLAS torch was built with (its build settings' BLAS_INFO) and its thread count."""
     if torch is None:
@@ -138,19 +131,10 @@ def torch_blas_info() -> str | None:
 
 
 def set_blas_threads(n: int) -> bool:
-    """Set numpy's BLAS thread count (threadpoolctl when installed, else OpenBLAS through ctypes).
-    Returns False when neither works (the BLAS then keeps its own count)."""
-    try:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(n, user_api="blas")
-        return True
-    except ImportError:
-        pass
-    setter = _openblas_setter()
-    if setter is None:
-        return False
-    setter(int(n))
-    return True
+    """Set numpy's BLAS thread count (npgpt.kernels.cpu.blas.set_blas_threads: threadpoolctl when
+    installed, else OpenBLAS through ctypes). False when neither works (the BLAS keeps its own)."""
+    from npgpt.kernels.cpu.blas import set_blas_threads as set_threads
+    return set_threads(n)
 
 
 def match_torch_threads() -> None:

@@ -26,7 +26,7 @@ import numba
 import numpy as np
 
 from npgpt import dist
-from npgpt.bench.machine import openblas_function
+from npgpt.kernels.cpu.blas import openblas_api
 from npgpt.config import GPTConfig
 from npgpt.models.gpt import GPT
 from npgpt.optim import AdamW
@@ -111,8 +111,7 @@ def fault(comm, kind: str, at: int, entry: dict) -> None:
 
 
 def threads(comm, entry: dict) -> None:
-    get = openblas_function("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_",
-                            "openblas_get_num_threads")
+    get = openblas_api("get_num_threads")
 
     def report(trainer, rec):
         if rec["step"] == trainer.max_iters:

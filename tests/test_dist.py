@@ -34,9 +34,9 @@ import numpy as np
 import pytest
 
 from npgpt import checkpoint as ckpt_io
-from npgpt.bench.machine import openblas_function
+from npgpt.kernels.cpu.blas import blas_threads, openblas_api
 from npgpt.runs import finetune, pretrain, seq2seq
-from npgpt.runs.skeleton import THREAD_VARIABLES, blas_threads
+from npgpt.runs.skeleton import THREAD_VARIABLES
 from npgpt.trainer import read_log
 
 pytest.importorskip("mpi4py")      # the package only: MPI is not started in this process
@@ -172,7 +172,6 @@ def test_hanging_rank_ends_the_job_after_the_timeout(tmp_path):
     assert "rank 0 of 2): waited" in done.stderr and "died or hangs" in done.stderr, done.stderr
 
 
-OPENBLAS_GET = ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads")
 
 
 def test_processes_on_one_machine_share_its_cores(tmp_path):
@@ -203,7 +202,7 @@ def test_processes_on_one_machine_share_its_cores(tmp_path):
 def test_blas_threads_without_threadpoolctl(monkeypatch):
     """Without threadpoolctl (not a dependency of npgpt) the BLAS threads are set through
     OpenBLAS's own openblas_set_num_threads, and put back on leaving."""
-    get = openblas_function(*OPENBLAS_GET)
+    get = openblas_api("get_num_threads")
     if get is None:
         pytest.skip("numpy's BLAS is not OpenBLAS")
     monkeypatch.setitem(sys.modules, "threadpoolctl", None)      # `import threadpoolctl` fails

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..kernels.cpu.blas import openblas_api
+
 # widest first: the first flag the CPU has names its vector width
 SIMD = (("avx512f", "AVX-512 (512-bit)"), ("avx2", "AVX2 (256-bit)"), ("avx", "AVX (256-bit)"),
         ("sse2", "SSE2 (128-bit)"), ("asimd", "NEON (128-bit)"), ("neon", "NEON (128-bit)"))
@@ -89,29 +91,11 @@ def blas(threads: bool = True) -> str:
         return f"unknown ({type(e).__name__})"
 
 
-def openblas_function(*names):
-    """The first of `names` exported by a loaded OpenBLAS (numpy's), or None."""
-    try:
-        maps = Path("/proc/self/maps").read_text().splitlines()
-    except OSError:
-        return None
-    paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line})
-    for path in paths:
-        lib = ctypes.CDLL(path)
-        for name in names:
-            if hasattr(lib, name):
-                return getattr(lib, name)
-    return None
-
-
 def openblas_info() -> str | None:
     """numpy's OpenBLAS as it runs here, asked through its own API (no threadpoolctl needed):
     its build string, the kernel it chose for this CPU (e.g. SkylakeX: AVX-512) and its thread
     count; None when numpy's BLAS is not OpenBLAS."""
-    config = openblas_function("scipy_openblas_get_config64_", "openblas_get_config64_", "openblas_get_config")
-    core = openblas_function("scipy_openblas_get_corename64_", "openblas_get_corename64_", "openblas_get_corename")
-    threads = openblas_function("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_",
-                                "openblas_get_num_threads")
+    config, core, threads = (openblas_api(name) for name in ("get_config", "get_corename", "get_num_threads"))
     if config is None:
         return None
     for f in (config, core):

@@ -47,7 +47,7 @@ import numpy as np
 
 from .. import checkpoint as ckpt_io
 from .. import dist, kernels
-from ..bench.machine import openblas_function
+from ..kernels.cpu.blas import blas_threads
 from ..optim import AdamW
 from ..sample import default_prompt, generate_text
 from ..trainer import CHECKPOINT_NAME, Trainer, TrainResult
@@ -185,35 +185,6 @@ def shared_cores(comm):
             yield
     finally:
         numba.set_num_threads(before)
-
-
-@contextlib.contextmanager
-def blas_threads(threads: int):
-    """Inside: numpy's BLAS (and any OpenMP pool) on `threads` threads, through threadpoolctl
-    where it is installed, else through OpenBLAS's own openblas_set_num_threads (numpy's
-    wheels carry OpenBLAS); another BLAS without threadpoolctl is left as it is."""
-    try:
-        # optional dependency (the `bench` extra): every BLAS and OpenMP pool, not only OpenBLAS
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        threadpool_limits = None
-    if threadpool_limits is not None:
-        with threadpool_limits(limits=threads):
-            yield
-        return
-    get = openblas_function("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_",
-                            "openblas_get_num_threads")
-    put = openblas_function("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
-                            "openblas_set_num_threads")
-    if get is None or put is None:
-        yield
-        return
-    before = get()
-    put(threads)
-    try:
-        yield
-    finally:
-        put(before)
 
 
 class Session:

@@ -16,10 +16,15 @@ fused attention's block products (attention.py). It calls the same cblas_?gemm, 
 name registered with LLVM here (so Numba's on-disk cache stays valid from process to process),
 where a Numba loop nest (gemm.py's kind) reaches a quarter of BLAS's speed on a 64 x 64 x 64
 block (results/threads.md). Without a CBLAS, the symbol is a compiled loop nest instead.
+
+The same OpenBLAS also says and sets how many threads it runs (openblas_api("get_num_threads"),
+set_blas_threads, blas_threads): what MPI's processes on one machine share, and what a benchmark
+pins.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 
 import llvmlite.binding as llvm
@@ -88,6 +93,74 @@ def _call_gemm(fn, c, a, b) -> bool:
     return True
 
 
+def _openblas_libraries() -> list:
+    """The OpenBLAS libraries this process loaded (numpy's), as ctypes libraries."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line})
+    except OSError:
+        return []
+    return [ctypes.CDLL(path) for path in paths]
+
+
+def openblas_function(*names):
+    """The first of `names` exported by a loaded OpenBLAS (numpy's), or None."""
+    for lib in _openblas_libraries():
+        for name in names:
+            if hasattr(lib, name):
+                return getattr(lib, name)
+    return None
+
+
+def openblas_api(name: str):
+    """OpenBLAS's own openblas_<name> (e.g. "get_num_threads") under the names numpy's wheels
+    (scipy_openblas_<name>64_) and other builds give it, or None."""
+    return openblas_function(f"scipy_openblas_{name}64_", f"openblas_{name}64_", f"openblas_{name}")
+
+
+def set_blas_threads(threads: int) -> bool:
+    """numpy's BLAS on `threads` threads from now on: through threadpoolctl where it is installed
+    (every BLAS and OpenMP pool), else OpenBLAS's own setter. False when neither can."""
+    try:
+        # optional dependency (the `bench` extra): every BLAS and OpenMP pool, not only OpenBLAS
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        put = openblas_api("set_num_threads")
+        if put is None:
+            return False
+        put(int(threads))
+        return True
+    threadpool_limits(limits=int(threads), user_api="blas")
+    return True
+
+
+@contextlib.contextmanager
+def blas_threads(threads: int):
+    """Inside: numpy's BLAS (and any OpenMP pool) on `threads` threads, through threadpoolctl
+    where it is installed, else through OpenBLAS's own openblas_set_num_threads (numpy's
+    wheels carry OpenBLAS); the count before is put back on leaving. Another BLAS without
+    threadpoolctl is left as it is."""
+    try:
+        # optional dependency (the `bench` extra): every BLAS and OpenMP pool, not only OpenBLAS
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        threadpool_limits = None
+    if threadpool_limits is not None:
+        with threadpool_limits(limits=threads):
+            yield
+        return
+    get, put = openblas_api("get_num_threads"), openblas_api("set_num_threads")
+    if get is None or put is None:
+        yield
+        return
+    before = get()
+    put(threads)
+    try:
+        yield
+    finally:
+        put(before)
+
+
 def _find_cblas_gemm(kind: str):
     """cblas_sgemm (kind "s") or cblas_dgemm ("d") of the OpenBLAS numpy loaded, or None.
 
@@ -96,23 +169,15 @@ def _find_cblas_gemm(kind: str):
     since their integer width is known. One small product is checked against np.matmul; any
     doubt (another BLAS, a missing symbol, a wrong answer) and the answer is None.
     """
-    try:
-        with open("/proc/self/maps") as f:
-            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line})
-    except OSError:
+    fn = openblas_function(f"scipy_cblas_{kind}gemm64_", f"cblas_{kind}gemm64_")
+    if fn is None:
         return None
     real = ctypes.c_float if kind == "s" else ctypes.c_double
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    for path in paths:
-        lib = ctypes.CDLL(path)
-        for name in (f"scipy_cblas_{kind}gemm64_", f"cblas_{kind}gemm64_"):
-            if hasattr(lib, name):
-                fn = getattr(lib, name)
-                fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64, i64, real, ptr, i64,
-                               ptr, i64, real, ptr, i64]
-                fn.restype = None
-                return fn if _gives_the_right_answer(fn, np.float32 if kind == "s" else np.float64) else None
-    return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64, i64, real, ptr, i64, ptr, i64, real,
+                   ptr, i64]
+    fn.restype = None
+    return fn if _gives_the_right_answer(fn, np.float32 if kind == "s" else np.float64) else None
 
 
 def _gives_the_right_answer(fn, dtype) -> bool:
