@@ -8,10 +8,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import nn
+from ..nn.norm import LayerNormCache
 from . import reference
 from .spec import Exercise, Mistake
-
-SQRT_2_OVER_PI = np.sqrt(2.0 / np.pi)
 
 
 def _rows(a):
@@ -21,21 +20,15 @@ def _rows(a):
 # -- the residual block --------------------------------------------------------------------
 
 def _residual(dout, cache, residual=True, branch=True, through_ln=True, through_gelu=True):
-    """The right gradients, or one of their classic variants (the switches)."""
+    """reference.residual_backward, or one of its classic variants (the switches)."""
     x, ln_w, mu, rstd, h, w_fc, z, t, a, w_proj = cache
-    da = dout @ w_proj.T                                       # forward: y = x + a @ W_proj + b
-    dz = da
-    if through_gelu:                                           # forward: a = gelu_tanh(z)
-        du = SQRT_2_OVER_PI * (1 + 3 * 0.044715 * z * z)
-        dz = da * (0.5 * (1 + t) + 0.5 * z * (1 - t * t) * du)
-    dh = dz @ w_fc.T                                           # forward: z = h @ W_fc + b_fc
-    xhat = (x - mu) * rstd                                     # forward: h = LN(x) * ln_w + ln_b
-    g = dh * ln_w
-    dln = rstd * (g - g.mean(-1, keepdims=True) - xhat * np.mean(g * xhat, -1, keepdims=True))
+    da, dw_proj, db_proj = nn.linear_backward(dout, (a, w_proj, True))          # y = x + a @ W_proj + b
+    dz = nn.gelu_tanh_backward(da, (z, t)) if through_gelu else da             # a = gelu_tanh(z)
+    dh, dw_fc, db_fc = nn.linear_backward(dz, (h, w_fc, True))                 # z = h @ W_fc + b_fc
+    dln, dln_w, dln_b = nn.layernorm_backward(dh, LayerNormCache(x, ln_w, mu, rstd, True))   # h = LN(x)
     dx_branch = dln if through_ln else dh
     dx = (dout if residual else 0) + (dx_branch if branch else 0)
-    return (dx, _rows(dh * xhat).sum(0), _rows(dh).sum(0), _rows(h).T @ _rows(dz), _rows(dz).sum(0),
-            _rows(a).T @ _rows(dout), _rows(dout).sum(0))
+    return dx, dln_w, dln_b, dw_fc, db_fc, dw_proj, db_proj
 
 
 def residual_path_forgotten(dout, cache):
