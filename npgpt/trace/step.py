@@ -30,13 +30,13 @@ import numpy as np
 from ..nn.module import ModuleList
 from ..optim import clip_grad_norm
 from .stats import summary
-from .tracer import Record, Tracer
+from .tracer import Phases, Record, Tracer
 
 FORMAT = "npgpt-trace/1"
 
 
 @dataclass
-class Trace:
+class Trace(Phases):
     """What trace_step recorded (see the module docstring)."""
 
     meta: dict                                   # the model, its config, the batch, dtype, backend, loss
@@ -45,14 +45,6 @@ class Trace:
     compare: dict | None = None                  # --compare torch: the summary of the differences
     arrays: dict | None = field(default=None, repr=False)   # keep=True: {"grads", "weights", "m", "v":
                                                             # {parameter name: array}}, not saved
-
-    @property
-    def forward(self) -> list[Record]:
-        return [r for r in self.records if r.phase == "forward"]
-
-    @property
-    def backward(self) -> list[Record]:
-        return [r for r in self.records if r.phase == "backward"]
 
     def blocks(self, phase: str) -> list[Record]:
         """The records of the model's blocks (the members of its ModuleLists: h.0, encoder.1,

@@ -77,12 +77,17 @@ def _widths(recs) -> tuple[int, int]:
     return (max([28] + [len(_label(r)) + 1 for r in recs]), max([18] + [len(r.kind) + 1 for r in recs]))
 
 
+def _heading(phase: str, calls: list, shown: list, depth, order: str) -> str:
+    """"forward: 33 calls in the order they ran", and how many --depth shows when it folds some."""
+    folded = f" ({len(shown)} shown, --depth {depth})" if len(shown) < len(calls) else ""
+    return f"{phase}: {len(calls)} calls in the order they ran{order}{folded}"
+
+
 def _forward(trace: Trace, depth, compare: bool) -> list[str]:
     recs = _visible(trace.forward, depth)
     wm, wk = _widths(recs)
     cols = f"{'module':<{wm}} {'type':<{wk}} {'in':<14} {'out':<14} {'mean':>9} {'std':>9} {'min':>9} {'max':>9}"
-    lines = ["", f"forward: {len(trace.forward)} calls in the order they ran"
-             + (f" ({len(recs)} shown, --depth {depth})" if len(recs) < len(trace.forward) else ""),
+    lines = ["", _heading("forward", trace.forward, recs, depth, ""),
              cols + ("  torch diff" if compare else "") + "  note"]
     for r in recs:
         out = _first(r.outputs) or {}
@@ -100,8 +105,7 @@ def _backward(trace: Trace, depth, compare: bool) -> list[str]:
     recs = _visible(trace.backward, depth)
     wm, wk = _widths(recs)
     cols = f"{'module':<{wm}} {'type':<{wk}} {'dout':<14} {'dx':<14} {'|dx|':>9}"
-    lines = ["", f"backward: {len(trace.backward)} calls in the order they ran (the forward's, reversed)"
-             + (f" ({len(recs)} shown, --depth {depth})" if len(recs) < len(trace.backward) else ""),
+    lines = ["", _heading("backward", trace.backward, recs, depth, " (the forward's, reversed)"),
              cols + ("  torch diff" if compare else "")]
     for r in recs:
         out = _first(r.outputs) or {}

@@ -85,7 +85,22 @@ def _summary_of(value, hist: bool):
     return describe(value)
 
 
-class Tracer:
+class Phases:
+    """The records of each phase, in the order the calls began: `forward`, and `backward` (the
+    forward's order, reversed). For a holder of `records` (a Tracer, a Trace)."""
+
+    records: list[Record]
+
+    @property
+    def forward(self) -> list[Record]:
+        return [r for r in self.records if r.phase == "forward"]
+
+    @property
+    def backward(self) -> list[Record]:
+        return [r for r in self.records if r.phase == "backward"]
+
+
+class Tracer(Phases):
     """Records every forward and backward call of `model`'s modules inside a with-block.
 
     model: any npgpt Module; its named_modules give the paths (a module reached under two
@@ -125,14 +140,6 @@ class Tracer:
         context, self._context = self._context, None
         self._stack.clear()
         context.__exit__(*exc)
-
-    @property
-    def forward(self) -> list[Record]:
-        return [r for r in self.records if r.phase == "forward"]
-
-    @property
-    def backward(self) -> list[Record]:
-        return [r for r in self.records if r.phase == "backward"]
 
     # -- the observer protocol (npgpt.nn.module.observing) ---------------------------------------
 
